@@ -1,4 +1,9 @@
 //! Configuration: reading YAML with positions, the mesh file, Istio resources, validation.
 
 pub mod diag;
+pub mod duration;
+pub mod istio;
+pub mod mesh;
+pub mod names;
+pub mod source;
 pub mod yaml;
