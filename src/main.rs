@@ -1,3 +1,4 @@
 mod config;
 mod identity;
+mod model;
 fn main() {}

@@ -1,0 +1,130 @@
+//! Host names: splitting `host:port`, and resolving the forms a client may use for a mesh
+//! service (`svc`, `svc:port`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`).
+
+use std::collections::HashMap;
+
+use super::topology::{CLUSTER_DOMAIN, Service};
+
+/// Splits an authority into host and port (`[::1]:80` → `::1`, 80). A port that is not a
+/// number leaves the whole string as the host.
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, after)) = rest.split_once(']') {
+            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (host, port);
+        }
+        return (authority, None);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// Lower-cases and drops a trailing dot, allocating only when needed.
+pub fn normalize(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+/// The fully qualified name of `host` as written in a resource of `namespace`, as Istio's
+/// `ResolveShortnameToFQDN`: only dot-less names are expanded, in the resource's namespace.
+pub fn qualify(host: &str, namespace: &str) -> String {
+    let host = normalize(host);
+    if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
+        return host.into_owned();
+    }
+    format!("{host}.{namespace}.{CLUSTER_DOMAIN}")
+}
+
+/// Every name that reaches a mesh service, mapped to its index.
+#[derive(Debug, Default)]
+pub struct HostIndex {
+    names: HashMap<String, usize>,
+}
+
+impl HostIndex {
+    pub fn new(services: &[Service], mesh_namespace: &str) -> Self {
+        let mut names = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            names.insert(s.fqdn.clone(), i);
+            names.insert(format!("{}.{}.svc", s.name, s.namespace), i);
+            names.insert(format!("{}.{}", s.name, s.namespace), i);
+            if s.namespace == mesh_namespace {
+                names.entry(s.name.clone()).or_insert(i);
+            }
+        }
+        HostIndex { names }
+    }
+
+    /// Resolves an authority (`reviews:9080`) to a service index and the port, if given.
+    pub fn resolve(&self, authority: &str) -> Option<(usize, Option<u16>)> {
+        let (host, port) = split_authority(authority);
+        let host = normalize(host);
+        self.names.get(host.as_ref()).map(|&i| (i, port))
+    }
+
+    /// Resolves a fully qualified name.
+    pub fn by_fqdn(&self, fqdn: &str) -> Option<usize> {
+        self.names.get(fqdn).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::mesh::{PortDef, Protocol};
+
+    fn svc(name: &str, ns: &str) -> Service {
+        Service {
+            name: name.into(),
+            namespace: ns.into(),
+            fqdn: format!("{name}.{ns}.svc.cluster.local"),
+            ports: vec![PortDef { name: Some("http".into()), port: 9080, protocol: Protocol::Http }],
+            service_account: name.into(),
+        }
+    }
+
+    #[test]
+    fn all_kubernetes_forms_resolve() {
+        let idx = HostIndex::new(&[svc("reviews", "default"), svc("ratings", "default")], "default");
+        for form in [
+            "reviews",
+            "reviews:9080",
+            "reviews.default",
+            "reviews.default.svc",
+            "reviews.default.svc.cluster.local",
+            "Reviews.Default.svc.cluster.local.",
+            "reviews.default.svc.cluster.local:9080",
+        ] {
+            assert_eq!(idx.resolve(form).map(|r| r.0), Some(0), "{form}");
+        }
+        assert_eq!(idx.resolve("ratings:9080"), Some((1, Some(9080))));
+        assert_eq!(idx.resolve("reviews.other"), None);
+        assert_eq!(idx.resolve("example.com"), None);
+    }
+
+    #[test]
+    fn authority_splitting() {
+        assert_eq!(split_authority("a:80"), ("a", Some(80)));
+        assert_eq!(split_authority("a"), ("a", None));
+        assert_eq!(split_authority("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_authority("a:xyz"), ("a:xyz", None));
+    }
+
+    #[test]
+    fn short_names_qualify_in_the_resource_namespace() {
+        assert_eq!(qualify("reviews", "prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify("Reviews", "prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify("reviews.default", "prod"), "reviews.default");
+        assert_eq!(qualify("www.example.com", "prod"), "www.example.com");
+        assert_eq!(qualify("*.example.com", "prod"), "*.example.com");
+    }
+}

@@ -1,0 +1,439 @@
+//! Compiled HTTP routes and the one pure function that chooses a route for a request:
+//! match entries are OR-ed, the fields of an entry AND-ed, the first matching route wins
+//! (VirtualService semantics, as Envoy evaluates them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use regex::Regex;
+use serde::Serialize;
+
+use super::cluster::Cluster;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    let p = r.as_str();
+    s.serialize_str(p.strip_prefix("^(?:").and_then(|p| p.strip_suffix(")$")).unwrap_or(p))
+}
+
+impl StrMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StrMatch::Exact(e) => value == e,
+            StrMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StrMatch::Regex(r) => r.is_match(value),
+        }
+    }
+
+    fn matches_ignore_case(&self, value: &str) -> bool {
+        match self {
+            StrMatch::Exact(e) => value.eq_ignore_ascii_case(e),
+            StrMatch::Prefix(p) => value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A header (or query parameter) condition; `None` means "present".
+#[derive(Clone, Debug, Serialize)]
+pub struct ValueMatch {
+    pub name: String,
+    pub value: Option<StrMatch>,
+}
+
+/// One `HTTPMatchRequest`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RequestMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StrMatch>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_uri_case: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StrMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<StrMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StrMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    /// Qualified `namespace/name` of Gateway resources, or `mesh`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+}
+
+/// What routing looks at in a request.
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    /// The full `:path`, query included.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The destination port (service port for sidecars, server port for gateways).
+    pub port: u16,
+    pub source_labels: &'a BTreeMap<String, String>,
+    pub source_namespace: &'a str,
+    /// `namespace/name` of the Gateway resource serving the request; `None` in the mesh.
+    pub gateway: Option<&'a str>,
+}
+
+impl RequestView<'_> {
+    fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.path.split_once('?').map(|(_, q)| q)
+    }
+
+    /// All values of a header joined with `,` as Envoy's header matcher sees them.
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let mut values = self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        let first = values.next()?;
+        match values.next() {
+            None => Some(std::borrow::Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = format!("{first},{second}");
+                for v in values {
+                    joined.push(',');
+                    joined.push_str(v);
+                }
+                Some(std::borrow::Cow::Owned(joined))
+            }
+        }
+    }
+
+    fn query_param(&self, name: &str) -> Option<&str> {
+        self.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then_some(v)
+        })
+    }
+}
+
+impl RequestMatch {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if let Some(uri) = &self.uri {
+            let value = match uri {
+                StrMatch::Prefix(_) => req.path,
+                _ => req.path_only(),
+            };
+            let ok = if self.ignore_uri_case { uri.matches_ignore_case(value) } else { uri.matches(value) };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(m) = &self.scheme
+            && !m.matches(req.scheme)
+        {
+            return false;
+        }
+        if let Some(m) = &self.method
+            && !m.matches(req.method)
+        {
+            return false;
+        }
+        if let Some(m) = &self.authority
+            && !m.matches(req.authority)
+        {
+            return false;
+        }
+        if let Some(p) = self.port
+            && p != req.port
+        {
+            return false;
+        }
+        for h in &self.headers {
+            let ok = match (req.header(&h.name), &h.value) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(v), Some(m)) => m.matches(&v),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        for h in &self.without_headers {
+            let hit = match (req.header(&h.name), &h.value) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(v), Some(m)) => m.matches(&v),
+            };
+            if hit {
+                return false;
+            }
+        }
+        for q in &self.query_params {
+            let ok = match (req.query_param(&q.name), &q.value) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(v), Some(m)) => m.matches(v),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if !self.source_labels.iter().all(|(k, v)| req.source_labels.get(k) == Some(v)) {
+            return false;
+        }
+        if let Some(ns) = &self.source_namespace
+            && ns != req.source_namespace
+        {
+            return false;
+        }
+        if !self.gateways.is_empty() {
+            let here = req.gateway.unwrap_or("mesh");
+            if !self.gateways.iter().any(|g| g == here) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A destination and its share of traffic.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightedCluster {
+    #[serde(serialize_with = "ser_cluster")]
+    pub cluster: Arc<Cluster>,
+    pub weight: u32,
+}
+
+fn ser_cluster<S: serde::Serializer>(c: &Arc<Cluster>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&c.name())
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Forward to one of the weighted destinations.
+    Route { destinations: Vec<WeightedCluster>, total_weight: u32 },
+}
+
+/// Where a compiled route came from, for `proxy-config routes` and access logs.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteOrigin {
+    /// `namespace/name` of the VirtualService, or empty for the default route.
+    pub virtual_service: String,
+    pub index: usize,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Route {
+    pub origin: RouteOrigin,
+    /// OR-ed; empty matches every request.
+    #[serde(rename = "match")]
+    pub matches: Vec<RequestMatch>,
+    pub action: Action,
+}
+
+impl Route {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+}
+
+/// Normalises weights as Istio does: with several destinations, zero weights are dropped;
+/// a single destination takes all traffic whatever its weight. Returns the total.
+pub fn normalize_weights(destinations: &mut Vec<WeightedCluster>) -> u32 {
+    if destinations.len() == 1 {
+        destinations[0].weight = destinations[0].weight.max(1);
+    } else {
+        destinations.retain(|d| d.weight > 0);
+    }
+    destinations.iter().map(|d| d.weight).sum()
+}
+
+/// Picks a destination: `r` is uniform in `0..total`.
+pub fn pick_weighted(destinations: &[WeightedCluster], r: u32) -> Option<&WeightedCluster> {
+    let mut acc = 0u32;
+    for d in destinations {
+        acc += d.weight;
+        if r < acc {
+            return Some(d);
+        }
+    }
+    destinations.last()
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+/// The first route that matches the request.
+pub fn find<'r>(table: &'r RouteTable, req: &RequestView<'_>) -> Option<&'r Route> {
+    table.routes.iter().find(|r| r.matches(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::mesh::Protocol;
+    use crate::model::cluster::{ClusterKey, Cluster};
+
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap, labels: &'a BTreeMap<String, String>) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            scheme: "http",
+            authority: "reviews:9080",
+            path,
+            headers,
+            port: 9080,
+            source_labels: labels,
+            source_namespace: "default",
+            gateway: None,
+        }
+    }
+
+    fn re(p: &str) -> StrMatch {
+        StrMatch::Regex(crate::config::istio::validate::compile_regex(p).unwrap())
+    }
+
+    fn hm(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn uri_exact_prefix_and_full_regex() {
+        let h = HeaderMap::new();
+        let l = BTreeMap::new();
+        let exact = RequestMatch { uri: Some(StrMatch::Exact("/productpage".into())), ..Default::default() };
+        assert!(exact.matches(&view("/productpage", &h, &l)));
+        assert!(exact.matches(&view("/productpage?u=normal", &h, &l)), "exact ignores the query string");
+        assert!(!exact.matches(&view("/productpage/x", &h, &l)));
+        let prefix = RequestMatch { uri: Some(StrMatch::Prefix("/static".into())), ..Default::default() };
+        assert!(prefix.matches(&view("/static/img.png", &h, &l)) && !prefix.matches(&view("/stat", &h, &l)));
+        let regex = RequestMatch { uri: Some(re("/api/v[0-9]+")), ..Default::default() };
+        assert!(regex.matches(&view("/api/v1", &h, &l)));
+        assert!(!regex.matches(&view("/api/v1/products", &h, &l)), "regex must match the whole path");
+        assert!(!regex.matches(&view("/x/api/v1", &h, &l)));
+    }
+
+    #[test]
+    fn ignore_uri_case_applies_to_exact_and_prefix() {
+        let h = HeaderMap::new();
+        let l = BTreeMap::new();
+        let m = RequestMatch { uri: Some(StrMatch::Prefix("/Static".into())), ignore_uri_case: true, ..Default::default() };
+        assert!(m.matches(&view("/STATIC/a", &h, &l)));
+        let strict = RequestMatch { uri: Some(StrMatch::Exact("/A".into())), ..Default::default() };
+        assert!(!strict.matches(&view("/a", &h, &l)));
+    }
+
+    #[test]
+    fn headers_presence_absence_and_values() {
+        let l = BTreeMap::new();
+        let jason = hm(&[("end-user", "jason")]);
+        let other = hm(&[("end-user", "bob")]);
+        let none = HeaderMap::new();
+        let m = RequestMatch {
+            headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }],
+            ..Default::default()
+        };
+        assert!(m.matches(&view("/", &jason, &l)) && !m.matches(&view("/", &other, &l)) && !m.matches(&view("/", &none, &l)));
+        let present = RequestMatch { headers: vec![ValueMatch { name: "end-user".into(), value: None }], ..Default::default() };
+        assert!(present.matches(&view("/", &other, &l)) && !present.matches(&view("/", &none, &l)));
+        let without = RequestMatch {
+            without_headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }],
+            ..Default::default()
+        };
+        assert!(!without.matches(&view("/", &jason, &l)) && without.matches(&view("/", &other, &l)) && without.matches(&view("/", &none, &l)));
+        let multi = hm(&[("x", "a"), ("x", "b")]);
+        let joined = RequestMatch { headers: vec![ValueMatch { name: "x".into(), value: Some(StrMatch::Exact("a,b".into())) }], ..Default::default() };
+        assert!(joined.matches(&view("/", &multi, &l)));
+    }
+
+    #[test]
+    fn query_port_method_source_and_gateway_conditions_are_anded() {
+        let h = HeaderMap::new();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "productpage".to_string())].into();
+        let m = RequestMatch {
+            query_params: vec![ValueMatch { name: "u".into(), value: Some(StrMatch::Exact("test".into())) }],
+            method: Some(StrMatch::Exact("GET".into())),
+            port: Some(9080),
+            source_labels: labels.clone(),
+            ..Default::default()
+        };
+        assert!(m.matches(&view("/p?u=test", &h, &labels)));
+        assert!(!m.matches(&view("/p?u=normal", &h, &labels)));
+        assert!(!m.matches(&view("/p?u=test", &h, &BTreeMap::new())));
+        let gw = RequestMatch { gateways: vec!["default/bookinfo-gateway".into()], ..Default::default() };
+        assert!(!gw.matches(&view("/", &h, &labels)), "a gateway-only match never applies in the mesh");
+        let mut v = view("/", &h, &labels);
+        v.gateway = Some("default/bookinfo-gateway");
+        assert!(gw.matches(&v));
+    }
+
+    fn wc(name: &str, weight: u32) -> WeightedCluster {
+        let key = ClusterKey { host: name.into(), subset: None, port: 80 };
+        WeightedCluster { cluster: Arc::new(Cluster::new(key, None, Protocol::Http, vec![])), weight }
+    }
+
+    #[test]
+    fn first_matching_route_wins_and_entries_are_ored() {
+        let h = hm(&[("end-user", "jason")]);
+        let l = BTreeMap::new();
+        let route = |matches: Vec<RequestMatch>, host: &str| Route {
+            origin: RouteOrigin { virtual_service: "default/reviews".into(), index: 0, name: None },
+            matches,
+            action: Action::Route { destinations: vec![wc(host, 100)], total_weight: 100 },
+        };
+        let table = RouteTable {
+            routes: vec![
+                route(
+                    vec![
+                        RequestMatch { uri: Some(StrMatch::Exact("/nope".into())), ..Default::default() },
+                        RequestMatch { headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }], ..Default::default() },
+                    ],
+                    "v2",
+                ),
+                route(vec![], "v1"),
+                route(vec![], "never"),
+            ],
+        };
+        let pick = |r: &Route| match &r.action {
+            Action::Route { destinations, .. } => destinations[0].cluster.key.host.clone(),
+        };
+        assert_eq!(pick(find(&table, &view("/", &h, &l)).unwrap()), "v2");
+        assert_eq!(pick(find(&table, &view("/", &HeaderMap::new(), &l)).unwrap()), "v1");
+        assert!(find(&RouteTable::default(), &view("/", &h, &l)).is_none());
+    }
+
+    #[test]
+    fn weights_normalise_like_istio() {
+        let mut one = vec![wc("a", 0)];
+        assert_eq!(normalize_weights(&mut one), 1);
+        let mut two = vec![wc("a", 0), wc("b", 30)];
+        assert_eq!(normalize_weights(&mut two), 30);
+        assert_eq!(two.len(), 1);
+        let mut odd = vec![wc("a", 550), wc("b", 500)];
+        assert_eq!(normalize_weights(&mut odd), 1050);
+        assert_eq!(pick_weighted(&odd, 0).unwrap().cluster.key.host, "a");
+        assert_eq!(pick_weighted(&odd, 549).unwrap().cluster.key.host, "a");
+        assert_eq!(pick_weighted(&odd, 550).unwrap().cluster.key.host, "b");
+        assert_eq!(pick_weighted(&odd, 1049).unwrap().cluster.key.host, "b");
+    }
+}
