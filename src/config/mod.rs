@@ -3,6 +3,7 @@
 pub mod diag;
 pub mod duration;
 pub mod istio;
+pub mod load;
 pub mod mesh;
 pub mod names;
 pub mod source;

@@ -97,7 +97,7 @@ pub(crate) mod tests {
             namespace: "default".into(),
             labels: labels.clone(),
             service_account: "svc".into(),
-            identity: "spiffe://cluster.local/ns/default/sa/svc".into(),
+            identity: std::sync::Arc::from("spiffe://cluster.local/ns/default/sa/svc"),
             ports: vec![],
             outbound: "127.0.0.1:1".parse().unwrap(),
             upstreams: vec![],

@@ -13,6 +13,9 @@ use super::topology::Topology;
 use crate::config::istio::Resource;
 use crate::config::mesh::OutboundMode;
 
+/// The current snapshot, shared by every proxy; the reload path is its only writer.
+pub type Shared = Arc<arc_swap::ArcSwap<MeshSnapshot>>;
+
 #[derive(Debug, Serialize)]
 pub struct MeshSnapshot {
     pub version: u64,

@@ -51,7 +51,7 @@ pub struct Instance {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`
-    pub identity: String,
+    pub identity: std::sync::Arc<str>,
     /// One per service port: where the app listens and where its inbound sidecar listens.
     pub ports: Vec<InstancePort>,
     /// The outbound HTTP proxy (`HTTP_PROXY`).
@@ -90,7 +90,7 @@ pub struct GatewayInstance {
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
-    pub identity: String,
+    pub identity: std::sync::Arc<str>,
     /// (Gateway server port, bound local address)
     pub listeners: Vec<(u16, SocketAddr)>,
 }

@@ -1,0 +1,232 @@
+//! An httpbin-like test server for devmesh meshes (HTTP/1.1 and h2c on one port).
+//!
+//! Listens on `127.0.0.1:$PORT` (or `--port N`). Every response carries `x-served-by: $POD_NAME`.
+//!
+//!   GET  /health                 200 ok
+//!   ANY  /get, /anything/...     the request as JSON: method, path, args, headers, served_by
+//!   GET  /headers                {"headers": {...}}
+//!   GET  /status/{code}          that status
+//!   GET  /delay/{seconds}        waits, then like /get (fractions allowed: /delay/0.2)
+//!   GET  /bytes/{n}              n bytes
+//!   GET  /env                    the process environment as JSON
+//!   GET  /fetch?url=URL          fetches URL through $HTTP_PROXY (or directly) and reports it
+//!   POST /exit/{code}            exits the process with that code
+//!
+//! `--tcp-echo` serves a line-echo TCP protocol instead (server greets first: `hello <pod>\n`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+fn pod() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| "httpbin".into())
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().unwrap_or(http::HeaderValue::from_static("text/plain")));
+    if let Ok(v) = pod().parse() {
+        r.headers_mut().insert("x-served-by", v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+}
+
+fn query(req: &http::request::Parts) -> BTreeMap<String, String> {
+    req.uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn echo(req: &http::request::Parts, peer: SocketAddr, body: &[u8]) -> Value {
+    let headers: BTreeMap<String, String> =
+        req.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    json!({
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "url": req.uri.to_string(),
+        "version": format!("{:?}", req.version),
+        "args": query(req),
+        "headers": headers,
+        "origin": peer.ip().to_string(),
+        "body": String::from_utf8_lossy(body),
+        "served_by": {
+            "pod": pod(),
+            "service": std::env::var("DEVMESH_SERVICE").unwrap_or_default(),
+            "workload": std::env::var("DEVMESH_WORKLOAD").unwrap_or_default(),
+        },
+    })
+}
+
+/// GET `url` through `$HTTP_PROXY` (absolute-form request), or directly without one.
+async fn fetch(url: &str) -> Result<Value, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    let authority = uri.authority().ok_or("url needs a host")?.to_string();
+    let proxy = std::env::var("HTTP_PROXY").or_else(|_| std::env::var("http_proxy")).ok();
+    let (connect_to, target) = match &proxy {
+        Some(p) => (p.trim_start_matches("http://").trim_end_matches('/').to_string(), url.to_string()),
+        None => {
+            let with_port = if authority.contains(':') { authority.clone() } else { format!("{authority}:80") };
+            (with_port, uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()))
+        }
+    };
+    let tcp = tokio::net::TcpStream::connect(&connect_to).await.map_err(|e| format!("connect {connect_to}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(target)
+        .header(http::header::HOST, authority)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers: BTreeMap<String, String> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    Ok(json!({"via_proxy": proxy, "status": status, "headers": headers, "body": body}))
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (req, body) = req.into_parts();
+    let body = http_body_util::Limited::new(body, 8 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = req.uri.path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resp = match segments.as_slice() {
+        ["health"] => respond(StatusCode::OK, "text/plain", "ok\n"),
+        [""] => respond(
+            StatusCode::OK,
+            "text/plain",
+            format!("httpbin {}: try /get, /headers, /status/418, /delay/1, /env, /fetch?url=\n", pod()),
+        ),
+        ["get"] | ["anything", ..] => json_response(StatusCode::OK, &echo(&req, peer, &body)),
+        ["headers"] => json_response(StatusCode::OK, &json!({"headers": echo(&req, peer, &body)["headers"]})),
+        ["status", code] => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            Some(s) => respond(s, "text/plain", format!("{}\n", s.as_u16())),
+            None => respond(StatusCode::BAD_REQUEST, "text/plain", "bad status code\n"),
+        },
+        ["delay", secs] => {
+            let secs: f64 = secs.parse().unwrap_or(0.0);
+            tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 60.0))).await;
+            json_response(StatusCode::OK, &echo(&req, peer, &body))
+        }
+        ["bytes", n] => {
+            let n: usize = n.parse::<usize>().unwrap_or(0).min(64 << 20);
+            respond(StatusCode::OK, "application/octet-stream", vec![b'x'; n])
+        }
+        ["env"] => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            json_response(StatusCode::OK, &json!(env))
+        }
+        ["fetch"] => match query(&req).get("url") {
+            Some(url) => match fetch(url).await {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => json_response(StatusCode::BAD_GATEWAY, &json!({"error": e})),
+            },
+            None => respond(StatusCode::BAD_REQUEST, "text/plain", "fetch needs ?url=\n"),
+        },
+        ["exit", code] => {
+            let code: i32 = code.parse().unwrap_or(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                std::process::exit(code);
+            });
+            respond(StatusCode::OK, "text/plain", format!("exiting with {code}\n"))
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    };
+    Ok(resp)
+}
+
+async fn tcp_echo(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            if w.write_all(format!("hello {}\n", pod()).as_bytes()).await.is_err() {
+                return;
+            }
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let port = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .or_else(|| std::env::var("PORT").ok())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(8000);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("httpbin: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("httpbin {} listening on 127.0.0.1:{port}", pod());
+    if args.iter().any(|a| a == "--tcp-echo") {
+        tcp_echo(listener).await;
+        return;
+    }
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, peer));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

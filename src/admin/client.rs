@@ -1,0 +1,50 @@
+//! A small client of the admin API, for the CLI verbs that talk to a running mesh.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+pub struct Client {
+    addr: String,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        Client { addr: addr.to_string() }
+    }
+
+    pub async fn request(&self, method: http::Method, path: &str, body: Bytes) -> Result<Reply> {
+        let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(Into::into))
+            .with_context(|| format!("no devmesh admin API at {} (is `devmesh up` running? see --admin)", self.addr))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.addr)
+            .body(Full::new(body))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let r = self.request(http::Method::GET, path, Bytes::new()).await?;
+        if r.status != 200 {
+            bail!("{path}: {} {}", r.status, String::from_utf8_lossy(&r.body).trim());
+        }
+        Ok(serde_json::from_slice(&r.body)?)
+    }
+}

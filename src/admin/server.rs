@@ -1,0 +1,179 @@
+//! The admin API (DESIGN.md §4), HTTP/1.1 on loopback: `/ready`, `/workloads`,
+//! `/config_dump`, `/shutdown`. Requests from non-loopback peers are refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::diag::Diagnostic;
+use crate::config::mesh::Mesh;
+use crate::dataplane::body::ProxyBody;
+use crate::dataplane::listen::{self, HttpMode};
+use crate::model::snapshot::Shared;
+use crate::model::topology::{ProcState, Topology};
+
+/// CPU and memory of a process, sampled in the background.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcSample {
+    pub cpu_percent: f32,
+    pub memory_bytes: u64,
+}
+
+pub type ProcStats = Arc<Mutex<HashMap<u32, ProcSample>>>;
+
+/// What the admin API reads.
+pub struct State {
+    pub mesh: Mesh,
+    pub topology: Arc<Topology>,
+    pub snapshot: Shared,
+    pub stop: CancellationToken,
+    pub stats: ProcStats,
+    pub started: Instant,
+    /// Warnings of the running configuration (unsupported features and the like).
+    pub warnings: Mutex<Vec<Diagnostic>>,
+}
+
+impl State {
+    pub fn ready(&self) -> bool {
+        self.topology.instances.iter().filter(|i| i.def.replicas > 0).all(|i| i.status.is_ready())
+    }
+
+    pub fn workloads(&self) -> serde_json::Value {
+        let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        for i in &self.topology.instances {
+            let pid = i.status.pid.load(std::sync::atomic::Ordering::Relaxed);
+            let sample = stats.get(&pid).copied().unwrap_or_default();
+            let state = i.status.state();
+            let upstreams: serde_json::Map<String, serde_json::Value> = i
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let ports: serde_json::Map<String, serde_json::Value> =
+                        u.ports.iter().map(|(p, a)| (p.to_string(), json!(a.port()))).collect();
+                    (u.service_name.clone(), json!({"host": u.ip.to_string(), "ports": ports}))
+                })
+                .collect();
+            out.push(json!({
+                "kind": "workload",
+                "name": i.name,
+                "workload": i.workload,
+                "service": i.service_name,
+                "namespace": i.namespace,
+                "labels": i.labels,
+                "identity": i.identity.as_ref(),
+                "pid": if pid == 0 { serde_json::Value::Null } else { json!(pid) },
+                "state": state.label(),
+                "ready": i.status.is_ready(),
+                "restarts": i.status.restarts.load(std::sync::atomic::Ordering::Relaxed),
+                "backoff_ms": i.status.backoff_ms.load(std::sync::atomic::Ordering::Relaxed),
+                "exit_code": match state { ProcState::Exited { code, .. } => json!(code), _ => serde_json::Value::Null },
+                "cpu_percent": sample.cpu_percent,
+                "memory_bytes": sample.memory_bytes,
+                "ports": i.ports.iter().map(|p| json!({
+                    "port": p.port,
+                    "name": p.name,
+                    "protocol": p.protocol,
+                    "app": p.app.to_string(),
+                    "inbound": p.inbound.to_string(),
+                })).collect::<Vec<_>>(),
+                "outbound_proxy": i.outbound.to_string(),
+                "upstreams": upstreams,
+            }));
+        }
+        for g in &self.topology.gateways {
+            out.push(json!({
+                "kind": "gateway",
+                "name": g.name,
+                "namespace": g.namespace,
+                "labels": g.labels,
+                "identity": g.identity.as_ref(),
+                "state": "Ready",
+                "ready": true,
+                "listeners": g.listeners.iter().map(|(port, addr)| json!({"server_port": port, "address": addr.to_string()})).collect::<Vec<_>>(),
+            }));
+        }
+        serde_json::Value::Array(out)
+    }
+
+    pub fn config_dump(&self) -> serde_json::Value {
+        let snap = self.snapshot.load_full();
+        let warnings = self.warnings.lock().map(|w| w.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap_or_default();
+        json!({
+            "version": snap.version,
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "mesh": &self.mesh,
+            "topology": &*self.topology,
+            "resources": &*snap.resources,
+            "warnings": warnings,
+            "compiled": &*snap,
+        })
+    }
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(ProxyBody::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, s: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(s.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    if !peer.ip().is_loopback() {
+        return text(StatusCode::FORBIDDEN, "the admin API answers loopback clients only\n");
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/ready") => {
+            if state.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                let waiting: Vec<&str> = state
+                    .topology
+                    .instances
+                    .iter()
+                    .filter(|i| i.def.replicas > 0 && !i.status.is_ready())
+                    .map(|i| i.name.as_str())
+                    .collect();
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {}\n", waiting.join(", ")))
+            }
+        }
+        (&Method::GET, "/workloads") => json_response(StatusCode::OK, &state.workloads()),
+        (&Method::GET, "/config_dump") => json_response(StatusCode::OK, &state.config_dump()),
+        (&Method::POST, "/shutdown") => {
+            state.stop.cancel();
+            text(StatusCode::OK, "shutting down\n")
+        }
+        (_, "/ready" | "/workloads" | "/config_dump" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found; try /ready, /workloads, /config_dump, POST /shutdown\n"),
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    listen::accept_loop(listener, stop, move |stream, peer| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            listen::serve_http(stream, HttpMode::Http1, move |req| handle(state.clone(), peer, req)).await;
+        });
+    })
+    .await;
+}

@@ -1,0 +1,243 @@
+//! The composition root of `devmesh up`: load and check the configuration, build, bind every
+//! listener, compile the first snapshot, start the data plane, admin API and supervisor, then
+//! stop in order on Ctrl-C, SIGTERM or `POST /shutdown`: workloads first, listeners last.
+
+pub mod topology;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::server::{self as admin, State};
+use crate::config::diag::{Diagnostics, Severity};
+use crate::config::{load, mesh};
+use crate::dataplane::forward::Forwarder;
+use crate::dataplane::gateway::Gateway;
+use crate::dataplane::inbound::Inbound;
+use crate::dataplane::outbound::Outbound;
+use crate::dataplane::pool::Pools;
+use crate::identity::ca::{self, Ca};
+use crate::identity::tls::Certs;
+use crate::model::compile::compile;
+use crate::model::snapshot::Shared;
+use crate::supervisor::events::{Events, Lifecycle};
+use crate::supervisor::{self, Supervisor, reaper::Reaper};
+use crate::telemetry::{Telemetry, access_log};
+
+/// Workload certificates live a day and rotate at half-life, as with Istio's defaults.
+pub const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub struct UpOptions {
+    pub path: PathBuf,
+    pub headless: bool,
+    pub admin: String,
+    pub state_dir: Option<PathBuf>,
+    pub no_build: bool,
+}
+
+/// Prints diagnostics to stderr; true when any is an error.
+pub fn report(diags: Diagnostics) -> bool {
+    let errors = diags.has_errors();
+    for d in diags.sorted() {
+        eprintln!("{d}");
+    }
+    errors
+}
+
+pub async fn up(opts: UpOptions) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let mesh_file = mesh::locate(&opts.path);
+    let mut diags = Diagnostics::new();
+    let Some(mesh) = mesh::load(&mesh_file, &mut diags) else {
+        report(diags);
+        return Ok(ExitCode::from(1));
+    };
+    if !opts.no_build && !mesh.build.is_empty() {
+        supervisor::build::run(&mesh.build, &mesh.dir).await?;
+    }
+    let t_start = Instant::now();
+    let resources = load::resources(&mesh.config, &mesh.namespace, &mut diags);
+    if diags.has_errors() {
+        report(diags);
+        return Ok(ExitCode::from(1));
+    }
+
+    let state_dir = opts.state_dir.clone().unwrap_or_else(|| mesh.dir.join(".devmesh"));
+    let log_dir = state_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let ca = Ca::load_or_create(&ca::dir(&state_dir))?;
+    let certs = Certs::new(Arc::new(ca), CERT_TTL)?;
+
+    let admin_listener =
+        TcpListener::bind(&opts.admin).await.with_context(|| format!("admin API: cannot listen on {}", opts.admin))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (topology, listeners) = topology::bind(&mesh)?;
+    let topology = Arc::new(topology);
+
+    let compiled = compile(topology.clone(), Arc::new(resources), 1, mesh.outbound_mode);
+    diags.extend(compiled.warnings);
+    let warnings: Vec<_> = diags.sorted().into_iter().filter(|d| d.severity == Severity::Warning).collect();
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let snapshot: Shared = Arc::new(ArcSwap::from_pointee(compiled.snapshot));
+
+    let stop = CancellationToken::new();
+    let dataplane_stop = CancellationToken::new();
+    let events = Events::new();
+    let headless = opts.headless || !std::io::stdout().is_terminal();
+    let printer = tokio::spawn(supervisor::events::print(events.subscribe()));
+    if !headless {
+        events.emit(Lifecycle::Info { message: "the terminal UI is not available yet: running headless".into() });
+    }
+
+    let (telemetry, access_rx) = Telemetry::new(16 * 1024);
+    let access_log_path = state_dir.join("access.log");
+    let access_task = tokio::spawn(async move { access_log::run(&access_log_path, access_rx).await });
+
+    // Data plane.
+    let mut outbounds: Vec<Arc<Outbound>> = Vec::new();
+    for inst in &topology.instances {
+        let tls = certs.identity(&inst.identity)?;
+        let forwarder = Forwarder {
+            proxy: Arc::from(inst.name.as_str()),
+            workload: Arc::from(inst.workload.as_str()),
+            namespace: inst.namespace.clone(),
+            labels: inst.labels.clone(),
+            tls,
+            pools: Pools::new(),
+            telemetry: telemetry.clone(),
+            gateway: false,
+        };
+        outbounds.push(Arc::new(Outbound::new(inst.clone(), forwarder, snapshot.clone())));
+    }
+    for (ii, pi, l) in listeners.inbound {
+        let inst = topology.instances[ii].clone();
+        let inbound = Arc::new(Inbound {
+            port: inst.ports[pi].clone(),
+            tls: certs.identity(&inst.identity)?,
+            instance: inst,
+            pools: Pools::new(),
+            telemetry: telemetry.clone(),
+        });
+        tokio::spawn(inbound.run(l, dataplane_stop.clone()));
+    }
+    for (ii, l) in listeners.outbound {
+        tokio::spawn(outbounds[ii].clone().run_proxy(l, dataplane_stop.clone()));
+    }
+    for (ii, si, port, l) in listeners.upstream {
+        tokio::spawn(outbounds[ii].clone().run_upstream(l, si, port, dataplane_stop.clone()));
+    }
+    let mut gateways: Vec<Arc<Gateway>> = Vec::new();
+    for (gi, gw) in topology.gateways.iter().enumerate() {
+        let forwarder = Forwarder {
+            proxy: Arc::from(gw.name.as_str()),
+            workload: Arc::from(gw.name.as_str()),
+            namespace: gw.namespace.clone(),
+            labels: gw.labels.clone(),
+            tls: certs.identity(&gw.identity)?,
+            pools: Pools::new(),
+            telemetry: telemetry.clone(),
+            gateway: true,
+        };
+        gateways.push(Arc::new(Gateway { index: gi, instance: gw.clone(), forwarder, snapshot: snapshot.clone() }));
+    }
+    for (gi, server_port, l) in listeners.gateways {
+        let addr = l.local_addr()?;
+        events.emit(Lifecycle::Listening {
+            what: format!("{} (port {server_port})", topology.gateways[gi].name),
+            addr: format!("http://{addr}"),
+        });
+        tokio::spawn(gateways[gi].clone().run(l, server_port, dataplane_stop.clone()));
+    }
+    tokio::spawn(certs.clone().run_rotation(dataplane_stop.clone()));
+
+    let stats = admin::ProcStats::default();
+    let state = Arc::new(State {
+        mesh: mesh.clone(),
+        topology: topology.clone(),
+        snapshot: snapshot.clone(),
+        stop: stop.clone(),
+        stats: stats.clone(),
+        started: t0,
+        warnings: Mutex::new(warnings),
+    });
+    events.emit(Lifecycle::Listening { what: "admin".into(), addr: format!("http://{admin_addr}") });
+    tokio::spawn(admin::serve(admin_listener, state.clone(), dataplane_stop.clone()));
+    tokio::spawn(supervisor::stats::run(topology.clone(), stats, dataplane_stop.clone()));
+
+    // Workloads: release the reserved app ports just before the applications bind them.
+    let reaper = match Reaper::start() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            events.emit(Lifecycle::Warning { message: format!("orphan guard not started: {e}") });
+            None
+        }
+    };
+    drop(listeners.app_ports);
+    let supervisor = Arc::new(Supervisor {
+        topology: topology.clone(),
+        cwd: mesh.dir.clone(),
+        log_dir,
+        events: events.clone(),
+        reaper,
+        grace: supervisor::GRACE,
+    });
+    let mut workloads = supervisor.start(&stop);
+    let ready_state = state.clone();
+    let ready_events = events.clone();
+    let ready_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            if ready_state.ready() {
+                ready_events.emit(Lifecycle::MeshReady { after_ms: t_start.elapsed().as_millis() as u64 });
+                return;
+            }
+            tokio::select! {
+                _ = ready_stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    });
+
+    wait_for_stop(&stop).await;
+    events.emit(Lifecycle::Stopping);
+    stop.cancel();
+    while workloads.join_next().await.is_some() {}
+    dataplane_stop.cancel();
+    events.emit(Lifecycle::Info { message: "all workloads stopped; bye".into() });
+    drop(supervisor);
+    drop(events);
+    drop(telemetry);
+    drop(outbounds);
+    drop(gateways);
+    let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
+    access_task.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop(stop: &CancellationToken) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let mut term = match term {
+        Ok(t) => t,
+        Err(_) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = stop.cancelled() => {}
+            }
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = stop.cancelled() => {}
+    }
+}

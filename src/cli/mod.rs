@@ -1,0 +1,107 @@
+//! The command line (DESIGN.md §1): one file per verb.
+
+pub mod ca;
+pub mod control;
+pub mod get;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+
+#[derive(Parser)]
+#[command(
+    name = "devmesh",
+    version,
+    about = "A local service mesh: Istio's YAML, sidecars, mTLS and gateways for processes on your laptop",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build and start every workload behind its sidecar, with gateways and mTLS
+    Up(UpArgs),
+    /// Stop a running mesh (gracefully: SIGTERM, then SIGKILL after 5s)
+    Down(AdminArgs),
+    /// List resources of a running mesh: workloads (wl), services (svc), or an Istio kind (vs, dr, gw, ...)
+    Get(GetArgs),
+    /// Check mesh files and Istio YAML offline; prints file:line:col diagnostics
+    Validate(ValidateArgs),
+    /// The mesh's certificate authority
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// A mesh file, or a folder holding devmesh.yaml
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Log to stderr instead of showing the terminal UI
+    #[arg(long)]
+    pub headless: bool,
+    /// Address of the admin API
+    #[arg(long, default_value = DEFAULT_ADMIN, env = "DEVMESH_ADMIN")]
+    pub admin: String,
+    /// Where the CA, logs and access log live [default: <mesh dir>/.devmesh]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Skip the mesh file's build steps
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Address of the running mesh's admin API
+    #[arg(long, default_value = DEFAULT_ADMIN, env = "DEVMESH_ADMIN")]
+    pub admin: String,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// workloads|wl, services|svc, or an Istio kind: virtualservices|vs, destinationrules|dr, gateways|gw, ...
+    pub kind: String,
+    /// Only this resource
+    pub name: Option<String>,
+    /// Output format
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Yaml,
+    Json,
+    Wide,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Mesh files, folders holding devmesh.yaml, or Istio YAML files and folders
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Print the root certificate (PEM), e.g. for `curl --cacert`
+    Export {
+        /// A mesh file or folder, which locates the state dir
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The state dir [default: <mesh dir>/.devmesh]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,135 @@
+//! Proxy failures and how Envoy answers them: one place that knows each failure's HTTP
+//! status, response flag and local-reply body.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+
+/// Envoy response flags (the `%RESPONSE_FLAGS%` of access logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    /// No healthy upstream host.
+    UH,
+    /// Upstream connection failure.
+    UF,
+    /// Upstream connection termination (reset after connect, before or during the response).
+    UC,
+    /// Upstream request timeout.
+    UT,
+    /// No route configured.
+    NR,
+    /// No cluster (the route's destination does not exist).
+    NC,
+    /// Downstream protocol error.
+    DPE,
+}
+
+impl Flag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::UH => "UH",
+            Flag::UF => "UF",
+            Flag::UC => "UC",
+            Flag::UT => "UT",
+            Flag::NR => "NR",
+            Flag::NC => "NC",
+            Flag::DPE => "DPE",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ProxyError {
+    NoRoute,
+    NoCluster,
+    NoHealthyUpstream,
+    /// Could not connect (refused, TLS handshake failed, wrong peer identity).
+    ConnectFailed(String),
+    /// Connected, but the upstream closed or reset before a complete response head.
+    UpstreamReset(String),
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn flag(&self) -> Flag {
+        match self {
+            ProxyError::NoRoute => Flag::NR,
+            ProxyError::NoCluster => Flag::NC,
+            ProxyError::NoHealthyUpstream => Flag::UH,
+            ProxyError::ConnectFailed(_) => Flag::UF,
+            ProxyError::UpstreamReset(_) => Flag::UC,
+            ProxyError::BadRequest(_) => Flag::DPE,
+        }
+    }
+
+    /// Envoy's local reply body for this failure.
+    pub fn body(&self) -> String {
+        match self {
+            ProxyError::NoRoute => String::new(),
+            ProxyError::NoCluster => String::new(),
+            ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
+            ProxyError::ConnectFailed(reason) => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, \
+                 transport failure reason: {reason}"
+            ),
+            ProxyError::UpstreamReset(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
+            }
+            ProxyError::BadRequest(what) => (*what).into(),
+        }
+    }
+
+    /// The local reply, as Envoy sends it (`content-type: text/plain`).
+    pub fn response(&self) -> Response<ProxyBody> {
+        local_reply(self.status(), self.body())
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) => write!(f, "{} ({r})", self.flag().as_str()),
+            _ => write!(f, "{} {}", self.status().as_u16(), self.flag().as_str()),
+        }
+    }
+}
+
+pub fn local_reply(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if len > 0 {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_statuses_flags_and_bodies() {
+        assert_eq!((ProxyError::NoRoute.status(), ProxyError::NoRoute.flag()), (StatusCode::NOT_FOUND, Flag::NR));
+        assert_eq!(ProxyError::NoHealthyUpstream.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ProxyError::NoHealthyUpstream.body(), "no healthy upstream");
+        assert_eq!(ProxyError::ConnectFailed("x".into()).flag().as_str(), "UF");
+        assert!(ProxyError::ConnectFailed("delayed connect error: 111".into()).body().starts_with("upstream connect error"));
+        let r = ProxyError::NoHealthyUpstream.response();
+        assert_eq!(r.headers()["content-length"], "19");
+        assert_eq!(r.headers()["content-type"], "text/plain");
+    }
+}

@@ -1,0 +1,176 @@
+//! Header handling shared by every proxy: hop-by-hop removal, request ids, and turning a
+//! downstream request into an upstream one of the right HTTP version.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Uri, Version as HttpVersion};
+
+use super::body::Body;
+use super::pool::Version;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+pub static ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
+
+/// Whether the request asks for a protocol upgrade (WebSocket and the like).
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes connection-scoped headers (RFC 9110 §7.6.1), keeping `te: trailers` and, for
+/// upgrade requests, `connection: upgrade` + `upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let upgrade = is_upgrade(h);
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        h.remove(name);
+    }
+    h.remove(header::TRAILER);
+    h.remove(header::PROXY_AUTHORIZATION);
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// A random version-4 UUID, as Envoy generates for `x-request-id`.
+pub fn new_request_id() -> HeaderValue {
+    let hi = fastrand::u64(..);
+    let lo = fastrand::u64(..);
+    let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// Returns the request id, adding one when absent.
+pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
+        return v.clone();
+    }
+    let id = new_request_id();
+    h.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// The authority a request is for: the URI's (absolute form, HTTP/2) or the `Host` header.
+pub fn authority(req: &Request<hyper::body::Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+/// Rewrites a request for an upstream of `version`: origin-form URI and `Host` for
+/// HTTP/1.1, absolute URI (`:authority`) without `Host` for HTTP/2.
+pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme: &str) -> Request<Body> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    match version {
+        Version::H1 => {
+            parts.version = HttpVersion::HTTP_11;
+            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(authority)
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        Version::H2 => {
+            parts.version = HttpVersion::HTTP_2;
+            let uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(path.as_str()).build();
+            if let Ok(uri) = uri {
+                parts.uri = uri;
+                parts.headers.remove(header::HOST);
+            }
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_trailers_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("end-user", "jason".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("connection").is_none() && h.get("x-private").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get("proxy-authorization").is_none());
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["end-user"], "jason");
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_and_kept_when_present() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc".parse().unwrap());
+        assert_eq!(ensure_request_id(&mut h), "abc");
+        let mut empty = HeaderMap::new();
+        let generated = ensure_request_id(&mut empty);
+        assert_eq!(empty["x-request-id"], generated);
+    }
+
+    #[test]
+    fn version_conversion() {
+        let req = Request::builder().uri("http://reviews:9080/reviews/0?x=1").body(Body::Empty).unwrap();
+        let h1 = to_upstream(req, Version::H1, "reviews:9080", "http");
+        assert_eq!(h1.uri(), "/reviews/0?x=1");
+        assert_eq!(h1.headers()["host"], "reviews:9080");
+        let req = Request::builder().uri("/a").header("host", "reviews").body(Body::Empty).unwrap();
+        let h2 = to_upstream(req, Version::H2, "reviews", "http");
+        assert_eq!(h2.uri(), "http://reviews/a");
+        assert!(h2.headers().get("host").is_none());
+    }
+}

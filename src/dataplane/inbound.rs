@@ -1,0 +1,237 @@
+//! The inbound side of a sidecar: one listener per service port of an instance. It accepts
+//! mTLS from other sidecars and, on the same port, plaintext (Istio's PERMISSIVE default),
+//! told apart by the first byte; then HTTP or opaque TCP to the application.
+//!
+//! Every connection is described by a [`Peer`] before any byte reaches the application, so
+//! PeerAuthentication (require TLS) and AuthorizationPolicy (check the peer and request)
+//! slot in at [`Inbound::admit`] and [`Inbound::request`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::body::{Body, ProxyBody};
+use super::forward::{protocol_name, splice_upgrade};
+use super::headers::{
+    self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
+};
+use super::listen::{self, HttpMode, Sniffed};
+use super::pool::{self, Pools, Target, Version};
+use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
+use crate::model::topology::{Instance, InstancePort};
+use crate::telemetry::{Reporter, RequestEvent, Telemetry};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What is known of a downstream connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: Option<PeerTls>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// The client's SPIFFE ID (`source.principal`).
+    pub spiffe: Option<Arc<str>>,
+    pub cert_hash: String,
+}
+
+pub struct Inbound {
+    pub instance: Arc<Instance>,
+    pub port: InstancePort,
+    pub tls: Arc<WorkloadTls>,
+    /// Connections to the application.
+    pub pools: Pools,
+    pub telemetry: Telemetry,
+}
+
+impl Inbound {
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let this = self.clone();
+        listen::accept_loop(listener, stop, move |stream, addr| {
+            let this = this.clone();
+            tokio::spawn(async move { this.connection(stream, addr).await });
+        })
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, addr: SocketAddr) {
+        match listen::sniff(&stream, listen::SNIFF_TIMEOUT).await {
+            Sniffed::Tls => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server.clone());
+                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(instance = %self.instance.name, "inbound TLS handshake from {addr} failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (_, conn) = tls.get_ref();
+                let cert = conn.peer_certificates().and_then(|c| c.first());
+                let peer = Peer {
+                    addr,
+                    tls: Some(PeerTls {
+                        spiffe: cert.and_then(spiffe_of).map(Arc::from),
+                        cert_hash: cert.map(cert_hash).unwrap_or_default(),
+                    }),
+                };
+                let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+                if !self.admit(&peer) {
+                    return;
+                }
+                match alpn.as_deref() {
+                    Some(ALPN_H2) => self.serve(tls, peer, HttpMode::Http2).await,
+                    Some(ALPN_HTTP11) => self.serve(tls, peer, HttpMode::Http1).await,
+                    Some(ALPN_TCP) => self.tcp(tls).await,
+                    _ if self.port.protocol.is_http() => self.serve(tls, peer, HttpMode::Auto).await,
+                    _ => self.tcp(tls).await,
+                }
+            }
+            kind => {
+                let peer = Peer { addr, tls: None };
+                if !self.admit(&peer) {
+                    return;
+                }
+                if matches!(kind, Sniffed::Http1 | Sniffed::Http2) || self.port.protocol.is_http() {
+                    self.serve(stream, peer, HttpMode::Auto).await
+                } else {
+                    self.tcp(stream).await
+                }
+            }
+        }
+    }
+
+    /// Connection-level admission (PeerAuthentication plugs in here): PERMISSIVE admits all.
+    fn admit(&self, _peer: &Peer) -> bool {
+        true
+    }
+
+    async fn serve<I>(self: &Arc<Self>, io: I, peer: Peer, mode: HttpMode)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let peer = Arc::new(peer);
+        listen::serve_http(io, mode, move |req| {
+            let this = this.clone();
+            let peer = peer.clone();
+            async move { this.request(&peer, req).await }
+        })
+        .await;
+    }
+
+    /// Opaque TCP: the bytes go to the application as they are.
+    async fn tcp<I>(&self, mut io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match pool::connect(self.port.app, None, crate::identity::tls::Alpn::Tcp).await {
+            Ok(pool::Stream::Plain(mut app)) => {
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut app).await;
+            }
+            Ok(pool::Stream::Tls(_)) => {}
+            Err(e) => tracing::debug!(instance = %self.instance.name, "inbound TCP to app failed: {e}"),
+        }
+    }
+
+    /// One request: to the application, answered with `server: istio-envoy`.
+    async fn request(&self, peer: &Peer, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+            .unwrap_or_default();
+        match &peer.tls {
+            Some(t) => {
+                let xfcc = format!(
+                    "By={};Hash={};Subject=\"\";URI={}",
+                    self.tls.spiffe,
+                    t.cert_hash,
+                    t.spiffe.as_deref().unwrap_or("")
+                );
+                if let Ok(v) = HeaderValue::from_str(&xfcc) {
+                    parts.headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+                }
+            }
+            None => {
+                parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+        }
+        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+            let proto = if peer.tls.is_some() { "https" } else { "http" };
+            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        let mut event = RequestEvent {
+            ts: SystemTime::now(),
+            reporter: Reporter::Destination,
+            proxy: Arc::from(self.instance.name.as_str()),
+            source_workload: Arc::from("unknown"),
+            source_principal: peer.tls.as_ref().and_then(|t| t.spiffe.clone()),
+            destination_service: Arc::from(self.instance.service_name.as_str()),
+            destination_workload: Some(Arc::from(self.instance.workload.as_str())),
+            upstream_cluster: Some(format!("inbound|{}||", self.port.port)),
+            upstream_host: Some(self.port.app.to_string()),
+            route_name: None,
+            subset: None,
+            method: parts.method.as_str().to_string(),
+            authority: authority.clone(),
+            path: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            protocol: protocol_name(parts.version),
+            status: 0,
+            response_flags: "",
+            duration_ms: 0,
+            upstream_service_time_ms: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            attempts: 1,
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            mtls: peer.tls.is_some(),
+        };
+        let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
+        let upstream = headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, &authority, "http");
+        let target = Target { addr: self.port.app, version, mtls: None };
+        let sent = Instant::now();
+        let mut resp = match self.pools.send(&target, upstream).await {
+            Ok(mut r) => {
+                let ms = sent.elapsed().as_millis() as u64;
+                event.upstream_service_time_ms = Some(ms);
+                headers::strip_hop_by_hop(r.headers_mut());
+                r.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+                r
+            }
+            Err(e) => {
+                event.response_flags = e.flag().as_str();
+                e.response()
+            }
+        };
+        resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+        if let Some(down) = upgrade
+            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            splice_upgrade(down, &mut resp);
+        }
+        event.status = resp.status().as_u16();
+        let telemetry = self.telemetry.clone();
+        resp.body_mut().on_end(move |o| {
+            event.bytes_sent = o.bytes;
+            event.duration_ms = start.elapsed().as_millis() as u64;
+            telemetry.record(event);
+        });
+        resp
+    }
+}

@@ -1,0 +1,13 @@
+//! The data plane: listeners, the inbound and outbound sides of each sidecar, gateways,
+//! upstream connection pools, and Envoy-compatible failure handling.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod inbound;
+pub mod listen;
+pub mod outbound;
+pub mod pool;
+pub mod rewind;

@@ -1,0 +1,260 @@
+//! Upstream connections: keep-alive HTTP/1.1 pools and one shared (multiplexed) HTTP/2
+//! connection per endpoint, over plain TCP (to applications, passthrough) or mTLS (between
+//! sidecars, peer SPIFFE ID checked after the handshake).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::body::{Body, ProxyBody};
+use super::error::ProxyError;
+use crate::identity::tls::{Alpn, WorkloadTls, endpoint_server_name, spiffe_of};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    H1,
+    H2,
+}
+
+/// How to reach an upstream.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub version: Version,
+    /// mTLS: our identity and the SPIFFE ID the peer must present.
+    pub mtls: Option<(Arc<WorkloadTls>, Arc<str>)>,
+}
+
+/// A connected byte stream: plain or mTLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to `addr`, with mTLS when asked (checking the peer's SPIFFE ID).
+pub async fn connect(addr: SocketAddr, mtls: Option<(&WorkloadTls, &str)>, alpn: Alpn) -> Result<Stream, ProxyError> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = match e.raw_os_error() {
+                Some(code) => format!("delayed connect error: {code}"),
+                None => e.to_string(),
+            };
+            return Err(ProxyError::ConnectFailed(reason));
+        }
+        Err(_) => return Err(ProxyError::ConnectFailed("connection timeout".into())),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some((tls, expect)) = mtls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.client(alpn));
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(endpoint_server_name(addr.port()), tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ProxyError::ConnectFailed(format!("TLS error: {e}"))),
+        Err(_) => return Err(ProxyError::ConnectFailed("TLS handshake timeout".into())),
+    };
+    let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(spiffe_of);
+    if peer.as_deref() != Some(expect) {
+        return Err(ProxyError::ConnectFailed(format!(
+            "TLS error: peer identity {} is not the expected {expect}",
+            peer.as_deref().unwrap_or("(none)")
+        )));
+    }
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// The connections to one endpoint.
+struct Pool {
+    target: Target,
+    idle: Mutex<Vec<Idle>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+/// All upstream pools of one proxy (a sidecar direction or a gateway).
+#[derive(Default)]
+pub struct Pools {
+    pools: RwLock<HashMap<(SocketAddr, Version, bool), Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn pool(&self, target: &Target) -> Arc<Pool> {
+        let key = (target.addr, target.version, target.mtls.is_some());
+        if let Ok(map) = self.pools.read()
+            && let Some(p) = map.get(&key)
+        {
+            return p.clone();
+        }
+        let mut map = match self.pools.write() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(key)
+            .or_insert_with(|| {
+                Arc::new(Pool { target: target.clone(), idle: Mutex::new(Vec::new()), h2: tokio::sync::Mutex::new(None) })
+            })
+            .clone()
+    }
+
+    /// Sends `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) and returns the
+    /// response head; the body streams, and an HTTP/1.1 connection goes back to the pool
+    /// when it ends.
+    pub async fn send(&self, target: &Target, req: Request<Body>) -> Result<Response<ProxyBody>, ProxyError> {
+        let pool = self.pool(target);
+        match target.version {
+            Version::H1 => pool.send_h1(req).await,
+            Version::H2 => pool.send_h2(req).await,
+        }
+    }
+}
+
+impl Pool {
+    fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.sender.is_ready() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_PER_ENDPOINT
+        {
+            idle.push(Idle { sender, since: Instant::now() });
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
+        let stream = connect(self.target.addr, mtls, Alpn::Http1).await?;
+        let builder = http1::Builder::new();
+        let handshake = match stream {
+            Stream::Plain(s) => {
+                let (sender, conn) = builder.handshake(TokioIo::new(s)).await.map_err(reset)?;
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+                sender
+            }
+            Stream::Tls(s) => {
+                let (sender, conn) = builder.handshake(TokioIo::new(s)).await.map_err(reset)?;
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+                sender
+            }
+        };
+        Ok(handshake)
+    }
+
+    async fn send_h1(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<ProxyBody>, ProxyError> {
+        // A pooled connection may have been closed by the peer just now; hyper then hands the
+        // unsent request back and we try another (bounded).
+        for _ in 0..4 {
+            let mut sender = match self.take_idle() {
+                Some(s) => s,
+                None => self.connect_h1().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let (parts, incoming) = resp.into_parts();
+                    let mut body = ProxyBody::new(Body::Incoming(incoming));
+                    if !upgraded {
+                        let pool = self.clone();
+                        body.on_end(move |o| {
+                            if o.complete {
+                                pool.put_idle(sender);
+                            }
+                        });
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(reset(e.into_error())),
+                },
+            }
+        }
+        Err(ProxyError::UpstreamReset("connections closed before the request could be sent".into()))
+    }
+
+    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
+        let stream = connect(self.target.addr, mtls, Alpn::Http2).await?;
+        let builder = http2::Builder::new(TokioExecutor::new());
+        let sender = match stream {
+            Stream::Plain(s) => {
+                let (sender, conn) = builder.handshake(TokioIo::new(s)).await.map_err(reset)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            Stream::Tls(s) => {
+                let (sender, conn) = builder.handshake(TokioIo::new(s)).await.map_err(reset)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn send_h2(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<ProxyBody>, ProxyError> {
+        for _ in 0..2 {
+            let mut sender = self.h2_sender().await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, incoming) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, ProxyBody::new(Body::Incoming(incoming))));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        req = unsent;
+                        *self.h2.lock().await = None;
+                    }
+                    None => return Err(reset(e.into_error())),
+                },
+            }
+        }
+        Err(ProxyError::UpstreamReset("HTTP/2 connection closed before the request could be sent".into()))
+    }
+}
+
+fn reset(e: hyper::Error) -> ProxyError {
+    ProxyError::UpstreamReset(e.to_string())
+}

@@ -1,0 +1,84 @@
+//! Telemetry: one `RequestEvent` per proxied request and hop, handed to a bounded channel on
+//! the hot path (never blocking; drops are counted) and written to `<state-dir>/access.log`.
+
+pub mod access_log;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Which proxy saw the request (Istio's `reporter` label; the gateway reports as source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestEvent {
+    #[serde(serialize_with = "ser_time")]
+    pub ts: SystemTime,
+    pub reporter: Reporter,
+    /// The proxy that reported it: a workload instance or a gateway.
+    pub proxy: Arc<str>,
+    pub source_workload: Arc<str>,
+    pub source_principal: Option<Arc<str>>,
+    pub destination_service: Arc<str>,
+    pub destination_workload: Option<Arc<str>>,
+    pub upstream_cluster: Option<String>,
+    pub upstream_host: Option<String>,
+    pub route_name: Option<String>,
+    pub subset: Option<String>,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub response_flags: &'static str,
+    pub duration_ms: u64,
+    pub upstream_service_time_ms: Option<u64>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub attempts: u32,
+    pub request_id: String,
+    pub user_agent: String,
+    pub mtls: bool,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&access_log::rfc3339(*t))
+}
+
+/// The hot-path handle: `record` never waits.
+#[derive(Clone)]
+pub struct Telemetry {
+    tx: mpsc::Sender<RequestEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Telemetry {
+    pub fn new(capacity: usize) -> (Telemetry, mpsc::Receiver<RequestEvent>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Telemetry { tx, dropped: Arc::new(AtomicU64::new(0)) }, rx)
+    }
+
+    pub fn record(&self, e: RequestEvent) {
+        if self.tx.try_send(e).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A sink that discards everything (tests of single components).
+    pub fn disabled() -> Telemetry {
+        let (tx, _) = mpsc::channel(1);
+        Telemetry { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+}
