@@ -70,6 +70,10 @@ impl Diagnostics {
         self.items.push(Diagnostic { file: file.clone(), pos, severity, message });
     }
 
+    pub fn push_diagnostic(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+
     pub fn extend(&mut self, other: Diagnostics) {
         self.items.extend(other.items);
     }

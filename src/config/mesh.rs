@@ -263,12 +263,28 @@ pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<Mesh> {
             return None;
         }
     };
-    let spec: Option<MeshFileSpec> = yaml::from_node(root, &name, diags);
+    // Structure first; the checks then run on what was read (placeholders where it was wrong),
+    // so every problem is reported at once. A check's finding about a node that holds a
+    // structural error is a consequence of it, and is left out (no cascading errors).
+    let mut structural = Diagnostics::new();
+    let (spec, structure_failed) = yaml::from_node_lenient::<MeshFileSpec>(root, &name, &mut structural);
     let spec = spec?;
     let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut check = Checker { file: name, diags, errors: 0 };
+    let mut semantic = Diagnostics::new();
+    let mut check = Checker { file: name, diags: &mut semantic, errors: 0 };
     let mesh = check.resolve(spec, abs.clone(), dir);
-    if check.errors > 0 { None } else { Some(mesh) }
+    let failed = structure_failed || check.errors > 0;
+    let mut extents = std::collections::HashMap::new();
+    root.extents(&mut extents);
+    let broken: Vec<Pos> = structural.iter().map(|d| d.pos).collect();
+    diags.extend(structural);
+    for d in semantic.sorted() {
+        let end = extents.get(&d.pos).copied().unwrap_or(d.pos);
+        if !broken.iter().any(|p| *p == d.pos || (d.pos <= *p && *p < end)) {
+            diags.push_diagnostic(d);
+        }
+    }
+    if failed { None } else { Some(mesh) }
 }
 
 struct Checker<'d> {

@@ -22,6 +22,8 @@ use super::diag::{Diagnostics, Pos, did_you_mean};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub pos: Pos,
+    /// Where the node ends (exclusive), for "is this inside that" questions.
+    pub end: Pos,
     pub value: Value,
 }
 
@@ -39,7 +41,8 @@ pub struct Scalar {
     pub plain: bool,
 }
 
-static NULL_NODE: Node = Node { pos: Pos::new(0, 0), value: Value::Scalar(Scalar { text: String::new(), plain: true }) };
+static NULL_NODE: Node =
+    Node { pos: Pos::new(0, 0), end: Pos::new(0, 0), value: Value::Scalar(Scalar { text: String::new(), plain: true }) };
 
 impl Node {
     pub fn get(&self, key: &str) -> Option<&Node> {
@@ -58,6 +61,20 @@ impl Node {
 
     pub fn is_null(&self) -> bool {
         matches!(&self.value, Value::Scalar(s) if s.plain && is_null(&s.text))
+    }
+
+    /// Every node's extent (start → end), for mapping a diagnostic position to its node.
+    pub fn extents(&self, out: &mut HashMap<Pos, Pos>) {
+        let e = out.entry(self.pos).or_insert(self.end);
+        *e = (*e).max(self.end);
+        match &self.value {
+            Value::Scalar(_) => {}
+            Value::Seq(items) => items.iter().for_each(|n| n.extents(out)),
+            Value::Map(entries) => entries.iter().for_each(|(k, v)| {
+                k.extents(out);
+                v.extents(out);
+            }),
+        }
     }
 
     /// A short description for error messages: "a mapping", "the string `abc`", "null".
@@ -129,6 +146,10 @@ fn pos_of(span: &Span) -> Pos {
     Pos::new(span.start.line() as u32, span.start.col() as u32 + 1)
 }
 
+fn end_of(span: &Span) -> Pos {
+    Pos::new(span.end.line() as u32, span.end.col() as u32 + 1)
+}
+
 enum Frame {
     Seq { pos: Pos, anchor: usize, items: Vec<Node> },
     Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
@@ -164,12 +185,17 @@ pub fn parse_stream(text: &str) -> (Vec<Node>, Option<SyntaxError>) {
             Event::Scalar(text, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix() == "str");
                 let plain = style == ScalarStyle::Plain && !forced_str;
-                let node = Node { pos: pos_of(&span), value: Value::Scalar(Scalar { text: text.into_owned(), plain }) };
+                let node = Node {
+                    pos: pos_of(&span),
+                    end: end_of(&span),
+                    value: Value::Scalar(Scalar { text: text.into_owned(), plain }),
+                };
                 Some((node, anchor))
             }
             Event::Alias(id) => {
                 let mut node = anchors.get(&id).cloned().unwrap_or_else(|| NULL_NODE.clone());
                 node.pos = pos_of(&span);
+                node.end = end_of(&span);
                 Some((node, 0))
             }
             Event::SequenceStart(_, anchor, _) => {
@@ -181,12 +207,14 @@ pub fn parse_stream(text: &str) -> (Vec<Node>, Option<SyntaxError>) {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => Some((Node { pos, value: Value::Seq(items) }, anchor)),
+                Some(Frame::Seq { pos, anchor, items }) => {
+                    Some((Node { pos, end: end_of(&span), value: Value::Seq(items) }, anchor))
+                }
                 _ => None,
             },
             Event::MappingEnd => match stack.pop() {
                 Some(Frame::Map { pos, anchor, entries, .. }) => {
-                    Some((Node { pos, value: Value::Map(merge_keys(entries)) }, anchor))
+                    Some((Node { pos, end: end_of(&span), value: Value::Map(merge_keys(entries)) }, anchor))
                 }
                 _ => None,
             },
@@ -219,7 +247,7 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
     for (_, value) in merges {
         let sources: Vec<Node> = match value.value {
             Value::Seq(items) => items,
-            other => vec![Node { pos: value.pos, value: other }],
+            other => vec![Node { pos: value.pos, end: value.end, value: other }],
         };
         for src in sources {
             if let Value::Map(src_entries) = src.value {
@@ -438,6 +466,20 @@ impl Cx {
 /// Deserializes `node` into `T`, recording every problem in `diags`. Returns `None` when any
 /// error was found.
 pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node, file: &Arc<str>, diags: &mut Diagnostics) -> Option<T> {
+    match from_node_lenient(node, file, diags) {
+        (Some(v), false) => Some(v),
+        _ => None,
+    }
+}
+
+/// Like [`from_node`], but also returns the value when there were errors (fields in error hold
+/// placeholders), so later checks can still report their own findings. The flag says whether
+/// errors were found.
+pub fn from_node_lenient<'a, T: Deserialize<'a>>(
+    node: &'a Node,
+    file: &Arc<str>,
+    diags: &mut Diagnostics,
+) -> (Option<T>, bool) {
     let cx = Cx { file: file.clone(), diags: RefCell::new(Diagnostics::new()), errors: Cell::new(0), quiet: Cell::new(0) };
     let result = T::deserialize(NodeDe { node, cx: &cx, key: false });
     let value = match result {
@@ -449,7 +491,7 @@ pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node, file: &Arc<str>, diags:
     };
     let failed = cx.errors.get() > 0;
     diags.extend(cx.diags.into_inner());
-    if failed { None } else { value }
+    (value, failed)
 }
 
 #[derive(Clone, Copy)]

@@ -323,7 +323,7 @@ fn value_matches(map: &OrderedMap<Spanned<String>, Spanned<StringMatch>>, skip_s
     map.iter()
         .filter(|(k, _)| !(skip_special && matches!(k.as_str(), "uri" | "scheme" | "method" | "authority")))
         .map(|(k, v)| {
-            let value = if without && v.regex.as_deref() == Some("*") { None } else { str_match(v) };
+            let value = if without && v.regex.as_ref().map(|r| r.as_str()) == Some("*") { None } else { str_match(v) };
             ValueMatch { name: k.to_ascii_lowercase(), value }
         })
         .collect()

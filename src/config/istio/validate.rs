@@ -68,13 +68,13 @@ fn string_match(v: &mut V, what: &str, m: &Spanned<StringMatch>, allow_empty_pre
         && p.is_empty()
         && !allow_empty_prefix
     {
-        v.err(m.pos, format!("{what:?}: prefix string match should not be empty"));
+        v.err(p.pos, format!("{what:?}: prefix string match should not be empty"));
     }
     if let Some(r) = &m.regex {
         if r.is_empty() {
-            v.err(m.pos, format!("{what:?}: regex string match should not be empty"));
+            v.err(r.pos, format!("{what:?}: regex string match should not be empty"));
         } else if let Err(e) = compile_regex(r) {
-            v.err(m.pos, format!("{what:?}: {e}"));
+            v.err(r.pos, format!("{what:?}: {e}"));
         }
     }
 }
@@ -89,7 +89,7 @@ fn header_map(v: &mut V, what: &str, map: &OrderedMap<Spanned<String>, Spanned<S
         } else if !ok {
             v.err(name.pos, format!("header name {} is not a valid header name", name.value));
         }
-        if without && m.regex.as_deref() == Some("*") {
+        if without && m.regex.as_ref().map(|r| r.as_str()) == Some("*") {
             continue;
         }
         string_match(v, what, m, false);
@@ -652,7 +652,7 @@ fn unreachable_rules(v: &mut V, vs: &VirtualServiceSpec) {
         let matches_all = r.matches.is_empty()
             || r.matches.iter().any(|m| {
                 *m == HttpMatchRequest::default()
-                    || (m.uri.as_ref().is_some_and(|u| u.prefix.as_deref() == Some("/") || u.prefix.as_deref() == Some(""))
+                    || (m.uri.as_ref().is_some_and(|u| matches!(u.prefix.as_ref().map(|p| p.as_str()), Some("/" | "")))
                         && m.headers.is_empty()
                         && m.without_headers.is_empty()
                         && m.query_params.is_empty()
@@ -851,7 +851,7 @@ mod tests {
         let out = check(&text);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines.contains(&"v.yaml:5:20: error: wildcard host * is not allowed for virtual services bound to the mesh gateway"), "{out}");
-        assert!(lines.iter().any(|l| l.starts_with("v.yaml:8:12: error: \"uri\": ")), "{out}");
+        assert!(lines.iter().any(|l| l.starts_with("v.yaml:8:20: error: \"uri\": ")), "{out}");
         assert!(lines.contains(&"v.yaml:10:44: error: subset name is invalid: Bad_Subset"), "{out}");
         assert!(lines.contains(&"v.yaml:11:15: error: weight -1 < 0"), "{out}");
         assert!(lines.contains(&"v.yaml:12:14: error: time: missing unit in duration \"10\""), "{out}");

@@ -105,11 +105,11 @@ pub struct HttpMatchRequest {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct StringMatch {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
+    pub exact: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
+    pub prefix: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
+    pub regex: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl StringMatch {
         } else if let Some(v) = &self.prefix {
             Some((MatchKind::Prefix, v))
         } else {
-            self.regex.as_deref().map(|v| (MatchKind::Regex, v))
+            self.regex.as_ref().map(|v| (MatchKind::Regex, v.as_str()))
         }
     }
 
