@@ -34,7 +34,10 @@ fn pod() -> String {
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().unwrap_or(http::HeaderValue::from_static("text/plain")));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        content_type.parse().unwrap_or(http::HeaderValue::from_static("text/plain")),
+    );
     if let Ok(v) = pod().parse() {
         r.headers_mut().insert("x-served-by", v);
     }
@@ -63,12 +66,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -109,7 +113,8 @@ async fn fetch(url: &str) -> Result<Value, String> {
         }
     };
     let tcp = tokio::net::TcpStream::connect(&connect_to).await.map_err(|e| format!("connect {connect_to}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = Request::get(target)
         .header(http::header::HOST, authority)
@@ -117,13 +122,11 @@ async fn fetch(url: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let headers: BTreeMap<String, String> = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    let headers: BTreeMap<String, String> =
+        resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    let body: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
     Ok(json!({"via_proxy": proxy, "status": status, "headers": headers, "body": body}))
 }
 
@@ -180,7 +183,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Ful
 
 async fn tcp_echo(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             if w.write_all(format!("hello {}\n", pod()).as_bytes()).await.is_err() {
@@ -220,7 +225,9 @@ async fn main() {
         return;
     }
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, peer));

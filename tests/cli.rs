@@ -63,7 +63,10 @@ fn validate_checks_istio_yaml_and_a_mesh_with_its_config() {
     .unwrap();
     let (code, _, err) = devmesh(&["validate", "."], dir.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("routes.yaml:1:1: warning: DestinationRule default/reviews is stored but not honoured yet"), "{err}");
+    assert!(
+        err.contains("routes.yaml:1:1: warning: DestinationRule default/reviews is stored but not honoured yet"),
+        "{err}"
+    );
     assert!(err.contains("ok: devmesh.yaml (1 services, 1 workloads, 1 Istio resources)"), "{err}");
 }
 
@@ -120,7 +123,11 @@ fn help_offers_only_what_exists_and_usage_errors_exit_2() {
 #[test]
 fn up_refuses_an_invalid_mesh_with_located_errors() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("devmesh.yaml"), "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{comand: [x]}]\n").unwrap();
+    std::fs::write(
+        dir.path().join("devmesh.yaml"),
+        "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{comand: [x]}]\n",
+    )
+    .unwrap();
     let (code, _, err) = devmesh(&["up", "--headless", "--admin", "127.0.0.1:0"], dir.path());
     assert_eq!(code, 1);
     assert_eq!(err, "devmesh.yaml:4:18: error: unknown field `comand` (did you mean `command`?)\n");

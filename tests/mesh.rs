@@ -38,7 +38,12 @@ fn gateway_routes_to_services_with_istio_headers() {
     assert_eq!(seen["x-envoy-attempt-count"], "1");
     let xfcc = seen["x-forwarded-client-cert"].as_str().unwrap();
     assert!(xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/frontend;Hash="), "{xfcc}");
-    assert!(xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"), "{xfcc}");
+    assert!(
+        xfcc.ends_with(
+            ";Subject=\"\";URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+        ),
+        "{xfcc}"
+    );
 
     let b = http(m.gateway(), Req::get("/anything/backend/x").header("x-request-id", "fixed-id"));
     assert_eq!(b.status, 200);
@@ -109,7 +114,10 @@ fn a_workload_calls_its_peers_through_the_environment_it_is_given() {
     assert!(xfcc.ends_with("URI=spiffe://cluster.local/ns/default/sa/frontend"), "{xfcc}");
 
     // The same address through the proxy (a client that ignores NO_PROXY for 127.x).
-    let r = http(proxy.trim_start_matches("http://").parse().unwrap(), Req::get(&format!("http://{host}:{port}/get")).host(&format!("{host}:{port}")));
+    let r = http(
+        proxy.trim_start_matches("http://").parse().unwrap(),
+        Req::get(&format!("http://{host}:{port}/get")).host(&format!("{host}:{port}")),
+    );
     assert_eq!(r.json()["served_by"]["service"], "backend");
 }
 
@@ -125,7 +133,12 @@ fn connect_tunnels_into_the_mesh_and_out_of_it() {
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         let r = send_on(s, Req::get("/get").host("backend:8000")).await;
         assert_eq!(r.json()["served_by"]["service"], "backend");
-        assert!(r.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap().contains("URI=spiffe://cluster.local/ns/default/sa/frontend"));
+        assert!(
+            r.json()["headers"]["x-forwarded-client-cert"]
+                .as_str()
+                .unwrap()
+                .contains("URI=spiffe://cluster.local/ns/default/sa/frontend")
+        );
 
         // Out of the mesh (ALLOW_ANY): a plain TCP tunnel to the real destination.
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,7 +192,8 @@ fn unknown_hosts_pass_through_allow_any() {
                         }
                     }
                     let body = format!("outside saw: {}", line.trim());
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let resp =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                     c.write_all(resp.as_bytes()).await.unwrap();
                 });
             }
@@ -217,7 +231,8 @@ fn inbound_serves_mtls_with_the_workload_spiffe_id_and_plaintext_too() {
     assert!(r.json()["headers"].get("x-forwarded-client-cert").is_none());
 
     // mTLS with a certificate from the mesh CA: the server proves the workload identity.
-    let (server_id, resp) = block_on(tls::call_inbound(&m.state_dir(), inbound, "spiffe://cluster.local/ns/default/sa/tester"));
+    let (server_id, resp) =
+        block_on(tls::call_inbound(&m.state_dir(), inbound, "spiffe://cluster.local/ns/default/sa/tester"));
     assert_eq!(server_id, "spiffe://cluster.local/ns/default/sa/backend-sa");
     assert_eq!(resp.status, 200);
     let xfcc = resp.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap().to_string();
@@ -226,23 +241,46 @@ fn inbound_serves_mtls_with_the_workload_spiffe_id_and_plaintext_too() {
 
 mod tls {
     use super::*;
-    use std::sync::Arc;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+    use std::sync::Arc;
 
     #[derive(Debug)]
     struct MeshRoot(Arc<rustls::RootCertStore>, Arc<rustls::crypto::CryptoProvider>);
 
     impl ServerCertVerifier for MeshRoot {
-        fn verify_server_cert(&self, ee: &CertificateDer<'_>, im: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], now: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        fn verify_server_cert(
+            &self,
+            ee: &CertificateDer<'_>,
+            im: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
             let cert = rustls::server::ParsedCertificate::try_from(ee)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &self.0, im, now, self.1.signature_verification_algorithms.all)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.0,
+                im,
+                now,
+                self.1.signature_verification_algorithms.all,
+            )?;
             Ok(ServerCertVerified::assertion())
         }
-        fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
         }
-        fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -254,7 +292,8 @@ mod tls {
     /// returns the server's SPIFFE ID and the response to `GET /get`.
     pub async fn call_inbound(state_dir: &std::path::Path, addr: SocketAddr, client_id: &str) -> (String, Resp) {
         let ca_pem = std::fs::read_to_string(state_dir.join("ca/root-cert.pem")).unwrap();
-        let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(state_dir.join("ca/root-key.pem")).unwrap()).unwrap();
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(state_dir.join("ca/root-key.pem")).unwrap()).unwrap();
         let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -270,11 +309,17 @@ mod tls {
             .unwrap()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(MeshRoot(Arc::new(roots), provider)))
-            .with_client_auth_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
             .unwrap();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("backend").unwrap(), tcp).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("backend").unwrap(), tcp)
+            .await
+            .unwrap();
         let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         let (_, parsed) = x509_parser::parse_x509_certificate(&peer).unwrap();
         let san = parsed.subject_alternative_name().unwrap().unwrap();
@@ -338,7 +383,13 @@ spec:
     // A ready endpoint whose application does not listen: 503 UF from the inbound sidecar.
     let uf = http(m.gateway(), Req::get("/dead"));
     assert_eq!(uf.status, 503);
-    assert!(uf.text().starts_with("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"), "{}", uf.text());
+    assert!(
+        uf.text().starts_with(
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        ),
+        "{}",
+        uf.text()
+    );
     let nr = http(m.gateway(), Req::get("/other"));
     assert_eq!(nr.status, 404);
     let log_path = m.state_dir().join("access.log");
@@ -431,4 +482,70 @@ fn admin_api_reports_readiness_workloads_and_config() {
     assert_eq!(code, 0);
     let vs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(vs[0]["metadata"]["name"], "edge");
+}
+
+#[test]
+fn opaque_tcp_goes_through_the_mesh_over_mtls() {
+    // `tcp` is declared; `legacy` has no port name, so the sidecar sniffs, sees nothing (the
+    // server speaks first) and falls back to TCP after the detection timeout.
+    let yaml = r#"
+gateways: {}
+services:
+  client:
+    ports: [{name: http, port: 80}]
+    workloads: [{command: ["{httpbin}"]}]
+  echo:
+    ports: [{name: tcp-echo, port: 7000}]
+    workloads: [{command: ["{httpbin}", --tcp-echo]}]
+  legacy:
+    ports: [{port: 7001}]
+    workloads: [{command: ["{httpbin}", --tcp-echo]}]
+"#;
+    let m = Mesh::start(yaml, &[]);
+    m.wait_ready();
+    let client = m.workload("client");
+    for svc in ["echo", "legacy"] {
+        let up = &client["upstreams"][svc];
+        let port = up["ports"].as_object().unwrap().values().next().unwrap().as_u64().unwrap();
+        let addr: SocketAddr = format!("{}:{port}", up["host"].as_str().unwrap()).parse().unwrap();
+        block_on(async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let greet =
+                tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap().unwrap();
+            assert_eq!(greet, format!("hello {svc}"), "{svc}: the app's greeting arrives through both sidecars");
+            w.write_all(b"ping\n").await.unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap().unwrap();
+            assert_eq!(back, "ping");
+        });
+    }
+}
+
+#[test]
+fn registry_only_refuses_unknown_hosts() {
+    let yaml = r#"
+meshConfig:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+gateways: {}
+services:
+  client:
+    ports: [{name: http, port: 80}]
+    workloads: [{command: ["{httpbin}"]}]
+"#;
+    let m = Mesh::start(yaml, &[]);
+    m.wait_ready();
+    let proxy = proxy_of(&m, "client");
+    // Istio's egress task: an unknown HTTP host gets 502 (BlackHoleCluster) ...
+    let r = http(proxy, Req::get("http://unknown.example/x").host("unknown.example"));
+    assert_eq!(r.status, 502);
+    // ... and a CONNECT to it is refused, while mesh services still work.
+    block_on(async {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example:443\r\n\r\n").await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    });
+    let ok = http(proxy, Req::get("http://client/get").host("client"));
+    assert_eq!(ok.status, 200);
 }

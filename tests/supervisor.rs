@@ -88,7 +88,8 @@ fn restart_policies_never_and_on_failure_with_exit_zero() {
 fn sigterm_stops_every_child_before_devmesh_exits() {
     let mut m = Mesh::start(CRASHY, &[]);
     m.wait_ready();
-    let pids: Vec<u32> = m.workloads().as_array().unwrap().iter().filter_map(|w| w["pid"].as_u64()).map(|p| p as u32).collect();
+    let pids: Vec<u32> =
+        m.workloads().as_array().unwrap().iter().filter_map(|w| w["pid"].as_u64()).map(|p| p as u32).collect();
     assert_eq!(pids.len(), 3);
     let status = m.stop();
     assert!(status.success(), "{status}");

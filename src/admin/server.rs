@@ -40,6 +40,7 @@ pub struct State {
     pub started: Instant,
     /// Warnings of the running configuration (unsupported features and the like).
     pub warnings: Mutex<Vec<Diagnostic>>,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl State {
@@ -107,7 +108,8 @@ impl State {
 
     pub fn config_dump(&self) -> serde_json::Value {
         let snap = self.snapshot.load_full();
-        let warnings = self.warnings.lock().map(|w| w.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap_or_default();
+        let warnings =
+            self.warnings.lock().map(|w| w.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap_or_default();
         json!({
             "version": snap.version,
             "uptime_ms": self.started.elapsed().as_millis() as u64,
@@ -115,6 +117,7 @@ impl State {
             "topology": &*self.topology,
             "resources": &*snap.resources,
             "warnings": warnings,
+            "telemetry": {"dropped_events": self.telemetry.dropped()},
             "compiled": &*snap,
         })
     }
@@ -135,8 +138,13 @@ fn text(status: StatusCode, s: &str) -> Response<ProxyBody> {
     r
 }
 
+/// Only clients on this machine's loopback may use the admin API.
+fn allowed(peer: SocketAddr) -> bool {
+    peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback()
+}
+
 async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-    if !peer.ip().is_loopback() {
+    if !allowed(peer) {
         return text(StatusCode::FORBIDDEN, "the admin API answers loopback clients only\n");
     }
     let path = req.uri().path();
@@ -176,4 +184,19 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationT
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_are_allowed() {
+        assert!(allowed("127.0.0.1:5000".parse().unwrap()));
+        assert!(allowed("127.9.9.9:5000".parse().unwrap()));
+        assert!(allowed("[::1]:5000".parse().unwrap()));
+        assert!(allowed("[::ffff:127.0.0.1]:5000".parse().unwrap()));
+        assert!(!allowed("192.168.1.10:5000".parse().unwrap()));
+        assert!(!allowed("[2001:db8::1]:5000".parse().unwrap()));
+    }
 }

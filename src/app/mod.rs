@@ -147,7 +147,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
             telemetry: telemetry.clone(),
             gateway: true,
         };
-        gateways.push(Arc::new(Gateway { index: gi, instance: gw.clone(), forwarder, snapshot: snapshot.clone() }));
+        gateways.push(Arc::new(Gateway { index: gi, forwarder, snapshot: snapshot.clone() }));
     }
     for (gi, server_port, l) in listeners.gateways {
         let addr = l.local_addr()?;
@@ -168,6 +168,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         stats: stats.clone(),
         started: t0,
         warnings: Mutex::new(warnings),
+        telemetry: telemetry.clone(),
     });
     events.emit(Lifecycle::Listening { what: "admin".into(), addr: format!("http://{admin_addr}") });
     tokio::spawn(admin::serve(admin_listener, state.clone(), dataplane_stop.clone()));

@@ -111,8 +111,11 @@ impl Alloc for Bind {
     }
 
     fn upstream(&mut self, slot: Slot, ip: IpAddr, port: u16) -> Result<SocketAddr> {
-        let attempt =
-            if self.single_ip { Err(std::io::ErrorKind::AddrNotAvailable.into()) } else { std_bind(SocketAddr::new(ip, port)) };
+        let attempt = if self.single_ip {
+            Err(std::io::ErrorKind::AddrNotAvailable.into())
+        } else {
+            std_bind(SocketAddr::new(ip, port))
+        };
         let l = match attempt {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => std_bind(SocketAddr::new(ip, 0))?,

@@ -128,10 +128,12 @@ fn table(what: &What, items: &[Value], wide: bool) -> String {
     let mut rows: Vec<Vec<String>>;
     match what {
         What::Workloads => {
-            rows = vec![["NAME", "SERVICE", "STATE", "READY", "PID", "RESTARTS", "CPU", "MEMORY", "PORTS"]
-                .iter()
-                .map(|h| h.to_string())
-                .collect()];
+            rows = vec![
+                ["NAME", "SERVICE", "STATE", "READY", "PID", "RESTARTS", "CPU", "MEMORY", "PORTS"]
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
+            ];
             if wide {
                 rows[0].push("IDENTITY".into());
             }
@@ -203,7 +205,9 @@ fn table(what: &What, items: &[Value], wide: bool) -> String {
                 match kind {
                     Kind::VirtualService => row.extend([list(&spec["gateways"]), list(&spec["hosts"])]),
                     Kind::DestinationRule => row.push(s(&spec["host"])),
-                    Kind::ServiceEntry => row.extend([list(&spec["hosts"]), s(&spec["location"]), s(&spec["resolution"])]),
+                    Kind::ServiceEntry => {
+                        row.extend([list(&spec["hosts"]), s(&spec["location"]), s(&spec["resolution"])])
+                    }
                     _ => {}
                 }
                 rows.push(row);
@@ -229,8 +233,14 @@ mod tests {
         })];
         let t = table(&What::Workloads, &items, false);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("NAME         SERVICE   STATE   READY   PID   RESTARTS   CPU    MEMORY   PORTS"), "{t}");
-        assert!(lines[1].starts_with("reviews-v1   reviews   Ready   1/1     42    1          0.5%   3.0Mi    9080→41000"), "{t}");
+        assert!(
+            lines[0].starts_with("NAME         SERVICE   STATE   READY   PID   RESTARTS   CPU    MEMORY   PORTS"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("reviews-v1   reviews   Ready   1/1     42    1          0.5%   3.0Mi    9080→41000"),
+            "{t}"
+        );
         assert_eq!(table(&What::Workloads, &[], false), "No resources found.\n");
     }
 }

@@ -16,7 +16,9 @@ fn is_mesh_file(path: &Path) -> bool {
     if matches!(path.file_name().and_then(|n| n.to_str()), Some("devmesh.yaml" | "devmesh.yml")) {
         return true;
     }
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
     let (docs, _) = yaml::parse_stream(&text);
     docs.len() == 1 && docs[0].get("apiVersion").is_none() && docs[0].get("services").is_some()
 }

@@ -82,19 +82,14 @@ impl Diagnostics {
         self.items.iter().any(|d| d.severity == Severity::Error)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
     /// Sorted by file, line, column, then errors before warnings; duplicates removed.
     pub fn sorted(mut self) -> Vec<Diagnostic> {
-        self.items.sort_by(|a, b| {
-            (&a.file, a.pos, a.severity, &a.message).cmp(&(&b.file, b.pos, b.severity, &b.message))
-        });
+        self.items
+            .sort_by(|a, b| (&a.file, a.pos, a.severity, &a.message).cmp(&(&b.file, b.pos, b.severity, &b.message)));
         self.items.dedup();
         self.items
     }
@@ -104,6 +99,7 @@ impl Diagnostics {
     }
 
     /// The sorted diagnostics, one per line.
+    #[cfg(test)]
     pub fn render(self) -> String {
         let mut out = String::new();
         for d in self.sorted() {
@@ -139,8 +135,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -21,7 +21,9 @@ pub fn resources(paths: &[PathBuf], default_namespace: &str, diags: &mut Diagnos
             }
         };
         for file in files {
-            let Some(docs) = source::read_documents(&file, diags) else { continue };
+            let Some(docs) = source::read_documents(&file, diags) else {
+                continue;
+            };
             for r in istio::read_resources(&docs, default_namespace, diags) {
                 istio::validate::validate(&r, diags);
                 let key = r.key();
@@ -29,7 +31,10 @@ pub fn resources(paths: &[PathBuf], default_namespace: &str, diags: &mut Diagnos
                     diags.warning(
                         &r.origin.file,
                         r.origin.pos,
-                        format!("{key} in namespace {} is also defined at {f}:{}:{}; this one wins", key.namespace, p.line, p.col),
+                        format!(
+                            "{key} in namespace {} is also defined at {f}:{}:{}; this one wins",
+                            key.namespace, p.line, p.col
+                        ),
                     );
                     out.retain(|o| o.key() != key);
                 }

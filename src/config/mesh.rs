@@ -227,12 +227,6 @@ pub enum RestartPolicy {
 
 pub const DEFAULT_GATEWAY: &str = "istio-ingressgateway";
 
-impl Mesh {
-    pub fn service(&self, name: &str) -> Option<&ServiceDef> {
-        self.services.iter().find(|s| s.name == name)
-    }
-}
-
 /// Where `up`/`validate` find a mesh: a file, or a folder holding `devmesh.yaml`.
 pub fn locate(path: &Path) -> PathBuf {
     if path.is_dir() {
@@ -259,7 +253,11 @@ pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<Mesh> {
         }
         [one] => one,
         [_, second, ..] => {
-            diags.error(&name, second.pos, "a mesh file holds one YAML document; put Istio resources in `config:` files");
+            diags.error(
+                &name,
+                second.pos,
+                "a mesh file holds one YAML document; put Istio resources in `config:` files",
+            );
             return None;
         }
     };
@@ -307,17 +305,17 @@ impl Checker<'_> {
         let namespace = match &spec.namespace {
             Some(ns) => {
                 if !names::is_dns1123_label(ns) || ns.bytes().any(|b| b.is_ascii_uppercase()) {
-                    self.error(ns.pos, format!("invalid namespace `{}`: must be a lower case DNS-1123 label", ns.value));
+                    self.error(
+                        ns.pos,
+                        format!("invalid namespace `{}`: must be a lower case DNS-1123 label", ns.value),
+                    );
                 }
                 ns.value.clone()
             }
             None => "default".to_string(),
         };
-        let outbound_mode = spec
-            .mesh_config
-            .and_then(|m| m.outbound_traffic_policy)
-            .and_then(|p| p.mode)
-            .unwrap_or_default();
+        let outbound_mode =
+            spec.mesh_config.and_then(|m| m.outbound_traffic_policy).and_then(|p| p.mode).unwrap_or_default();
 
         let mut build = Vec::new();
         for step in &spec.build {
@@ -427,7 +425,10 @@ impl Checker<'_> {
             let service_account = match &svc.service_account {
                 Some(sa) => {
                     if !names::is_dns1123_subdomain(sa) {
-                        self.error(sa.pos, format!("invalid serviceAccount `{}`: must be a lower case DNS-1123 name", sa.value));
+                        self.error(
+                            sa.pos,
+                            format!("invalid serviceAccount `{}`: must be a lower case DNS-1123 name", sa.value),
+                        );
                     }
                     sa.value.clone()
                 }
@@ -530,7 +531,10 @@ impl Checker<'_> {
         };
         if !taken.insert(name.clone()) {
             let pos = w.name.as_ref().map(|n| n.pos).unwrap_or(w.at.0);
-            self.error(pos, format!("duplicate workload name `{name}`; give one of them a `name:` or a distinct `version` label"));
+            self.error(
+                pos,
+                format!("duplicate workload name `{name}`; give one of them a `name:` or a distinct `version` label"),
+            );
         }
         let command = match (&w.command, &w.image) {
             (Some(_), Some(img)) => {
@@ -593,15 +597,7 @@ impl Checker<'_> {
                 Readiness::Exec(argv)
             }
         };
-        Some(WorkloadDef {
-            name,
-            labels,
-            command,
-            env,
-            replicas,
-            readiness,
-            restart: w.restart.unwrap_or_default(),
-        })
+        Some(WorkloadDef { name, labels, command, env, replicas, readiness, restart: w.restart.unwrap_or_default() })
     }
 }
 

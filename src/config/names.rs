@@ -165,7 +165,10 @@ mod tests {
         assert!(check_wildcard_domain("*").is_ok());
         assert!(check_wildcard_domain("istio.io.").is_ok());
         assert_eq!(check_wildcard_domain(""), Err("empty domain name not allowed".into()));
-        assert_eq!(check_wildcard_domain("a.*.com"), Err("domain name \"a.*.com\" invalid (label \"*\" invalid)".into()));
+        assert_eq!(
+            check_wildcard_domain("a.*.com"),
+            Err("domain name \"a.*.com\" invalid (label \"*\" invalid)".into())
+        );
         assert_eq!(
             check_wildcard_domain("a.123"),
             Err("domain name \"a.123\" invalid (top level domain \"123\" cannot be all-numeric)".into())

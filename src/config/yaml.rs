@@ -41,8 +41,11 @@ pub struct Scalar {
     pub plain: bool,
 }
 
-static NULL_NODE: Node =
-    Node { pos: Pos::new(0, 0), end: Pos::new(0, 0), value: Value::Scalar(Scalar { text: String::new(), plain: true }) };
+static NULL_NODE: Node = Node {
+    pos: Pos::new(0, 0),
+    end: Pos::new(0, 0),
+    value: Value::Scalar(Scalar { text: String::new(), plain: true }),
+};
 
 impl Node {
     pub fn get(&self, key: &str) -> Option<&Node> {
@@ -280,12 +283,6 @@ pub struct Spanned<T> {
     pub value: T,
 }
 
-impl<T> Spanned<T> {
-    pub fn new(value: T) -> Self {
-        Spanned { pos: Pos::default(), value }
-    }
-}
-
 impl<T> Deref for Spanned<T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -377,9 +374,6 @@ impl<K, V> OrderedMap<K, V> {
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 }
 
@@ -480,7 +474,8 @@ pub fn from_node_lenient<'a, T: Deserialize<'a>>(
     file: &Arc<str>,
     diags: &mut Diagnostics,
 ) -> (Option<T>, bool) {
-    let cx = Cx { file: file.clone(), diags: RefCell::new(Diagnostics::new()), errors: Cell::new(0), quiet: Cell::new(0) };
+    let cx =
+        Cx { file: file.clone(), diags: RefCell::new(Diagnostics::new()), errors: Cell::new(0), quiet: Cell::new(0) };
     let result = T::deserialize(NodeDe { node, cx: &cx, key: false });
     let value = match result {
         Ok(v) => Some(v),
@@ -1025,7 +1020,9 @@ mod tests {
 
     #[test]
     fn reads_values_with_positions() {
-        let (v, d) = run::<Probe>("name: web\nreplicas: 2\nlabels: {version: 1.0}\nrestart: on-failure\ncheck: {http: /health}\nports:\n  - {name: http, port: 80}\n");
+        let (v, d) = run::<Probe>(
+            "name: web\nreplicas: 2\nlabels: {version: 1.0}\nrestart: on-failure\ncheck: {http: /health}\nports:\n  - {name: http, port: 80}\n",
+        );
         assert_eq!(d, "");
         let v = v.unwrap();
         assert_eq!(v.name.as_ref().unwrap().pos, Pos::new(1, 7));

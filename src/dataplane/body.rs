@@ -103,11 +103,6 @@ impl ProxyBody {
             }
         }
     }
-
-    /// Takes the inner body out (for re-wrapping); hooks stay with `self`.
-    pub fn into_inner(mut self) -> Body {
-        std::mem::replace(&mut self.inner, Body::Empty)
-    }
 }
 
 impl Drop for ProxyBody {

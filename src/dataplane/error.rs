@@ -8,8 +8,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
 
-/// Envoy response flags (the `%RESPONSE_FLAGS%` of access logs).
+/// Envoy response flags (the `%RESPONSE_FLAGS%` of access logs), named as Envoy names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms)]
 pub enum Flag {
     /// No healthy upstream host.
     UH,
@@ -17,8 +18,6 @@ pub enum Flag {
     UF,
     /// Upstream connection termination (reset after connect, before or during the response).
     UC,
-    /// Upstream request timeout.
-    UT,
     /// No route configured.
     NR,
     /// No cluster (the route's destination does not exist).
@@ -33,7 +32,6 @@ impl Flag {
             Flag::UH => "UH",
             Flag::UF => "UF",
             Flag::UC => "UC",
-            Flag::UT => "UT",
             Flag::NR => "NR",
             Flag::NC => "NC",
             Flag::DPE => "DPE",
@@ -99,7 +97,9 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) => write!(f, "{} ({r})", self.flag().as_str()),
+            ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) => {
+                write!(f, "{} ({r})", self.flag().as_str())
+            }
             _ => write!(f, "{} {}", self.status().as_u16(), self.flag().as_str()),
         }
     }
@@ -127,7 +127,9 @@ mod tests {
         assert_eq!(ProxyError::NoHealthyUpstream.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ProxyError::NoHealthyUpstream.body(), "no healthy upstream");
         assert_eq!(ProxyError::ConnectFailed("x".into()).flag().as_str(), "UF");
-        assert!(ProxyError::ConnectFailed("delayed connect error: 111".into()).body().starts_with("upstream connect error"));
+        assert!(
+            ProxyError::ConnectFailed("delayed connect error: 111".into()).body().starts_with("upstream connect error")
+        );
         let r = ProxyError::NoHealthyUpstream.response();
         assert_eq!(r.headers()["content-length"], "19");
         assert_eq!(r.headers()["content-type"], "text/plain");

@@ -149,11 +149,8 @@ impl Forwarder {
         };
         parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
         let req = headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
-        let target = Target {
-            addr: endpoint.addr,
-            version,
-            mtls: Some((self.tls.clone(), endpoint.instance.identity.clone())),
-        };
+        let target =
+            Target { addr: endpoint.addr, version, mtls: Some((self.tls.clone(), endpoint.instance.identity.clone())) };
         let sent = Instant::now();
         let mut resp = self.pools.send(&target, req).await?;
         let upstream_ms = sent.elapsed().as_millis() as u64;
@@ -219,7 +216,9 @@ fn route_name(route: &Route) -> String {
 pub fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<ProxyBody>) {
     let up = hyper::upgrade::on(&mut *resp);
     tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = (down.await, up.await) else { return };
+        let (Ok(down), Ok(up)) = (down.await, up.await) else {
+            return;
+        };
         let mut down = hyper_util::rt::TokioIo::new(down);
         let mut up = hyper_util::rt::TokioIo::new(up);
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;

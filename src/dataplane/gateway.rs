@@ -19,14 +19,12 @@ use super::listen::{self, HttpMode};
 use crate::model::hosts::{normalize, split_authority};
 use crate::model::routes::RouteTable;
 use crate::model::snapshot::Shared;
-use crate::model::topology::GatewayInstance;
 
 static NO_ROUTES: LazyLock<RouteTable> = LazyLock::new(RouteTable::default);
 
 pub struct Gateway {
     /// Index in `Topology::gateways`.
     pub index: usize,
-    pub instance: Arc<GatewayInstance>,
     pub forwarder: Forwarder,
     pub snapshot: Shared,
 }

@@ -18,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
 use super::forward::{protocol_name, splice_upgrade};
-use super::headers::{
-    self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
-};
+use super::headers::{self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO};
 use super::listen::{self, HttpMode, Sniffed};
 use super::pool::{self, Pools, Target, Version};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
@@ -32,7 +30,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What is known of a downstream connection.
 #[derive(Clone, Debug)]
 pub struct Peer {
-    pub addr: SocketAddr,
     pub tls: Option<PeerTls>,
 }
 
@@ -77,7 +74,6 @@ impl Inbound {
                 let (_, conn) = tls.get_ref();
                 let cert = conn.peer_certificates().and_then(|c| c.first());
                 let peer = Peer {
-                    addr,
                     tls: Some(PeerTls {
                         spiffe: cert.and_then(spiffe_of).map(Arc::from),
                         cert_hash: cert.map(cert_hash).unwrap_or_default(),
@@ -96,7 +92,7 @@ impl Inbound {
                 }
             }
             kind => {
-                let peer = Peer { addr, tls: None };
+                let peer = Peer { tls: None };
                 if !self.admit(&peer) {
                     return;
                 }
@@ -138,7 +134,9 @@ impl Inbound {
                 let _ = tokio::io::copy_bidirectional(&mut io, &mut app).await;
             }
             Ok(pool::Stream::Tls(_)) => {}
-            Err(e) => tracing::debug!(instance = %self.instance.name, "inbound TCP to app failed: {e}"),
+            Err(e) => {
+                tracing::debug!(instance = %self.instance.name, "inbound TCP to app failed: {e}")
+            }
         }
     }
 
@@ -203,7 +201,8 @@ impl Inbound {
             mtls: peer.tls.is_some(),
         };
         let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
-        let upstream = headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, &authority, "http");
+        let upstream =
+            headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, &authority, "http");
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
         let mut resp = match self.pools.send(&target, upstream).await {

@@ -71,7 +71,13 @@ impl Outbound {
     }
 
     /// A per-upstream listener for a service port.
-    pub async fn run_upstream(self: Arc<Self>, listener: TcpListener, service: usize, port: u16, stop: CancellationToken) {
+    pub async fn run_upstream(
+        self: Arc<Self>,
+        listener: TcpListener,
+        service: usize,
+        port: u16,
+        stop: CancellationToken,
+    ) {
         let this = self.clone();
         listen::accept_loop(listener, stop, move |stream, _| {
             let this = this.clone();
@@ -151,7 +157,12 @@ impl Outbound {
         listener
     }
 
-    async fn http(&self, req: Request<Incoming>, authority: &str, listener: Option<(usize, u16)>) -> Response<ProxyBody> {
+    async fn http(
+        &self,
+        req: Request<Incoming>,
+        authority: &str,
+        listener: Option<(usize, u16)>,
+    ) -> Response<ProxyBody> {
         let snap = self.snapshot.load_full();
         let Some((si, port)) = self.resolve(&snap, authority, listener) else {
             return self.passthrough(&snap, req, authority).await;
@@ -176,7 +187,8 @@ impl Outbound {
         let version = if req.version() == HttpVersion::HTTP_2 { Version::H2 } else { Version::H1 };
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let upstream = headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
+        let upstream =
+            headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
         let target = Target { addr, version, mtls: None };
         let start = Instant::now();
         match self.passthrough.send(&target, upstream).await {
@@ -217,7 +229,9 @@ impl Outbound {
         };
         let mut upstream = match pool::connect(addr, None, Alpn::Tcp).await {
             Ok(pool::Stream::Plain(s)) => s,
-            Ok(pool::Stream::Tls(_)) => return ProxyError::ConnectFailed("unexpected TLS".into()).response(),
+            Ok(pool::Stream::Tls(_)) => {
+                return ProxyError::ConnectFailed("unexpected TLS".into()).response();
+            }
             Err(e) => return e.response(),
         };
         tokio::spawn(async move {
@@ -261,9 +275,13 @@ impl Outbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let snap = self.snapshot.load_full();
-        let Some(svc) = snap.topology.services.get(service) else { return };
+        let Some(svc) = snap.topology.services.get(service) else {
+            return;
+        };
         let key = ClusterKey { host: svc.fqdn.clone(), subset: None, port };
-        let Some(cluster) = snap.clusters.get(&key) else { return };
+        let Some(cluster) = snap.clusters.get(&key) else {
+            return;
+        };
         let Some(ep) = cluster.pick() else {
             tracing::debug!(instance = %self.instance.name, "TCP to {}: no healthy upstream", svc.name);
             return;

@@ -59,11 +59,12 @@ pub async fn connect(addr: SocketAddr, mtls: Option<(&WorkloadTls, &str)>, alpn:
         return Ok(Stream::Plain(tcp));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.client(alpn));
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(endpoint_server_name(addr.port()), tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ProxyError::ConnectFailed(format!("TLS error: {e}"))),
-        Err(_) => return Err(ProxyError::ConnectFailed("TLS handshake timeout".into())),
-    };
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(endpoint_server_name(addr.port()), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ProxyError::ConnectFailed(format!("TLS error: {e}"))),
+            Err(_) => return Err(ProxyError::ConnectFailed("TLS handshake timeout".into())),
+        };
     let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(spiffe_of);
     if peer.as_deref() != Some(expect) {
         return Err(ProxyError::ConnectFailed(format!(
@@ -110,7 +111,11 @@ impl Pools {
         };
         map.entry(key)
             .or_insert_with(|| {
-                Arc::new(Pool { target: target.clone(), idle: Mutex::new(Vec::new()), h2: tokio::sync::Mutex::new(None) })
+                Arc::new(Pool {
+                    target: target.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    h2: tokio::sync::Mutex::new(None),
+                })
             })
             .clone()
     }

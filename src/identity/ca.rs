@@ -65,7 +65,8 @@ impl Ca {
         dn.push(DnType::CommonName, "devmesh root CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
@@ -101,11 +102,7 @@ impl Ca {
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok(Issued {
-            chain: vec![cert.der().clone()],
-            key: key_der,
-            not_after: SystemTime::now() + ttl,
-        })
+        Ok(Issued { chain: vec![cert.der().clone()], key: key_der, not_after: SystemTime::now() + ttl })
     }
 }
 

@@ -147,6 +147,7 @@ impl WorkloadTls {
     }
 
     /// The certificate currently served (for tests and `proxy-config`).
+    #[cfg(test)]
     pub fn current_cert(&self) -> CertificateDer<'static> {
         self.slot.0.load().cert[0].clone()
     }
@@ -178,10 +179,6 @@ impl Certs {
             sessions: Arc::new(ClientSessionMemoryCache::new(1024)),
             entries: Mutex::new(HashMap::new()),
         }))
-    }
-
-    pub fn ca(&self) -> &Ca {
-        &self.ca
     }
 
     fn certified(&self, spiffe: &str) -> Result<(Arc<CertifiedKey>, SystemTime)> {
@@ -254,7 +251,9 @@ impl Certs {
                     rotated += 1;
                     tracing::debug!(identity = %tls.spiffe, "rotated workload certificate");
                 }
-                Err(e) => tracing::warn!(identity = %tls.spiffe, "certificate rotation failed: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(identity = %tls.spiffe, "certificate rotation failed: {e:#}")
+                }
             }
         }
         rotated
@@ -274,9 +273,8 @@ impl Certs {
 
 /// A rustls server name unique per endpoint, so resumption tickets never cross endpoints.
 pub fn endpoint_server_name(port: u16) -> ServerName<'static> {
-    ServerName::try_from(format!("ep{port}.devmesh.internal")).unwrap_or(ServerName::IpAddress(
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST).into(),
-    ))
+    ServerName::try_from(format!("ep{port}.devmesh.internal"))
+        .unwrap_or(ServerName::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST).into()))
 }
 
 #[cfg(test)]

@@ -74,10 +74,6 @@ impl Cluster {
         let k = self.next.fetch_add(1, Ordering::Relaxed) % ready;
         self.endpoints.iter().filter(|e| e.ready()).nth(k)
     }
-
-    pub fn ready_endpoints(&self) -> usize {
-        self.endpoints.iter().filter(|e| e.ready()).count()
-    }
 }
 
 #[cfg(test)]
@@ -120,7 +116,10 @@ pub(crate) mod tests {
         let eps = ready
             .iter()
             .enumerate()
-            .map(|(n, r)| Endpoint { instance: instance(&format!("i{n}"), &[], *r), addr: ([127, 0, 0, 1], 1000 + n as u16).into() })
+            .map(|(n, r)| Endpoint {
+                instance: instance(&format!("i{n}"), &[], *r),
+                addr: ([127, 0, 0, 1], 1000 + n as u16).into(),
+            })
             .collect();
         Cluster::new(ClusterKey { host: "svc".into(), subset: None, port: 80 }, Some(0), Protocol::Http, eps)
     }
@@ -142,7 +141,8 @@ pub(crate) mod tests {
     fn no_ready_endpoint_means_none() {
         assert!(cluster(&[false, false]).pick().is_none());
         assert!(cluster(&[]).pick().is_none());
-        let key = ClusterKey { host: "reviews.default.svc.cluster.local".into(), subset: Some("v1".into()), port: 9080 };
+        let key =
+            ClusterKey { host: "reviews.default.svc.cluster.local".into(), subset: Some("v1".into()), port: 9080 };
         assert_eq!(key.to_string(), "outbound|9080|v1|reviews.default.svc.cluster.local");
     }
 }

@@ -46,7 +46,9 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
     for (si, svc) in topology.services.iter().enumerate() {
         let bound: Vec<_> = virtual_services
             .iter()
-            .filter(|(r, vs)| applies_to_mesh(vs) && vs.hosts.iter().any(|h| c.host_is_service(h, &r.metadata.namespace, si)))
+            .filter(|(r, vs)| {
+                applies_to_mesh(vs) && vs.hosts.iter().any(|h| c.host_is_service(h, &r.metadata.namespace, si))
+            })
             .collect();
         for port in &svc.ports {
             let table = if bound.is_empty() {
@@ -155,7 +157,10 @@ fn vs_binds_gateway(vs: &VirtualServiceSpec, namespace: &str, gw_key: &str) -> b
     vs.gateways.iter().any(|g| qualify_gateway(g, namespace) == gw_key)
 }
 
-fn selector_matches(selector: &OrderedMap<Spanned<String>, Spanned<String>>, labels: &BTreeMap<String, String>) -> bool {
+fn selector_matches(
+    selector: &OrderedMap<Spanned<String>, Spanned<String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.value))
 }
 
@@ -275,7 +280,9 @@ impl Compiler<'_> {
         let vs_name = format!("{ns}/{}", res.metadata.name);
         let mut out = Vec::new();
         for (index, r) in vs.http.iter().enumerate() {
-            let Some(action) = self.action(r, ns, port) else { continue };
+            let Some(action) = self.action(r, ns, port) else {
+                continue;
+            };
             let matches = r.matches.iter().map(|m| compile_match(m, ns)).collect();
             out.push(Route {
                 origin: RouteOrigin { virtual_service: vs_name.clone(), index, name: r.name.clone() },
@@ -300,7 +307,8 @@ impl Compiler<'_> {
             let fqdn = self.resolve_host(&dest.host, namespace);
             let port = self.destination_port(&fqdn, dest.port.as_ref().map(|p| p.number.value), request_port);
             let cluster = self.cluster(&fqdn, dest.subset.as_ref().map(|s| s.as_str()), port);
-            let weight = d.weight.as_ref().map(|w| w.value.max(0) as u32).unwrap_or(if r.route.len() == 1 { 100 } else { 0 });
+            let weight =
+                d.weight.as_ref().map(|w| w.value.max(0) as u32).unwrap_or(if r.route.len() == 1 { 100 } else { 0 });
             destinations.push(WeightedCluster { cluster, weight });
         }
         let total_weight = super::routes::normalize_weights(&mut destinations);
@@ -319,7 +327,11 @@ fn str_match(m: &StringMatch) -> Option<StrMatch> {
     }
 }
 
-fn value_matches(map: &OrderedMap<Spanned<String>, Spanned<StringMatch>>, skip_special: bool, without: bool) -> Vec<ValueMatch> {
+fn value_matches(
+    map: &OrderedMap<Spanned<String>, Spanned<StringMatch>>,
+    skip_special: bool,
+    without: bool,
+) -> Vec<ValueMatch> {
     map.iter()
         .filter(|(k, _)| !(skip_special && matches!(k.as_str(), "uri" | "scheme" | "method" | "authority")))
         .map(|(k, v)| {

@@ -36,7 +36,9 @@ impl StrMatch {
     fn matches_ignore_case(&self, value: &str) -> bool {
         match self {
             StrMatch::Exact(e) => value.eq_ignore_ascii_case(e),
-            StrMatch::Prefix(p) => value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Prefix(p) => {
+                value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p)
+            }
             StrMatch::Regex(r) => r.is_match(value),
         }
     }
@@ -289,7 +291,7 @@ pub fn find<'r>(table: &'r RouteTable, req: &RequestView<'_>) -> Option<&'r Rout
 mod tests {
     use super::*;
     use crate::config::mesh::Protocol;
-    use crate::model::cluster::{ClusterKey, Cluster};
+    use crate::model::cluster::{Cluster, ClusterKey};
 
     fn view<'a>(path: &'a str, headers: &'a HeaderMap, labels: &'a BTreeMap<String, String>) -> RequestView<'a> {
         RequestView {
@@ -337,7 +339,8 @@ mod tests {
     fn ignore_uri_case_applies_to_exact_and_prefix() {
         let h = HeaderMap::new();
         let l = BTreeMap::new();
-        let m = RequestMatch { uri: Some(StrMatch::Prefix("/Static".into())), ignore_uri_case: true, ..Default::default() };
+        let m =
+            RequestMatch { uri: Some(StrMatch::Prefix("/Static".into())), ignore_uri_case: true, ..Default::default() };
         assert!(m.matches(&view("/STATIC/a", &h, &l)));
         let strict = RequestMatch { uri: Some(StrMatch::Exact("/A".into())), ..Default::default() };
         assert!(!strict.matches(&view("/a", &h, &l)));
@@ -353,16 +356,28 @@ mod tests {
             headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }],
             ..Default::default()
         };
-        assert!(m.matches(&view("/", &jason, &l)) && !m.matches(&view("/", &other, &l)) && !m.matches(&view("/", &none, &l)));
-        let present = RequestMatch { headers: vec![ValueMatch { name: "end-user".into(), value: None }], ..Default::default() };
+        assert!(
+            m.matches(&view("/", &jason, &l))
+                && !m.matches(&view("/", &other, &l))
+                && !m.matches(&view("/", &none, &l))
+        );
+        let present =
+            RequestMatch { headers: vec![ValueMatch { name: "end-user".into(), value: None }], ..Default::default() };
         assert!(present.matches(&view("/", &other, &l)) && !present.matches(&view("/", &none, &l)));
         let without = RequestMatch {
             without_headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }],
             ..Default::default()
         };
-        assert!(!without.matches(&view("/", &jason, &l)) && without.matches(&view("/", &other, &l)) && without.matches(&view("/", &none, &l)));
+        assert!(
+            !without.matches(&view("/", &jason, &l))
+                && without.matches(&view("/", &other, &l))
+                && without.matches(&view("/", &none, &l))
+        );
         let multi = hm(&[("x", "a"), ("x", "b")]);
-        let joined = RequestMatch { headers: vec![ValueMatch { name: "x".into(), value: Some(StrMatch::Exact("a,b".into())) }], ..Default::default() };
+        let joined = RequestMatch {
+            headers: vec![ValueMatch { name: "x".into(), value: Some(StrMatch::Exact("a,b".into())) }],
+            ..Default::default()
+        };
         assert!(joined.matches(&view("/", &multi, &l)));
     }
 
@@ -406,7 +421,13 @@ mod tests {
                 route(
                     vec![
                         RequestMatch { uri: Some(StrMatch::Exact("/nope".into())), ..Default::default() },
-                        RequestMatch { headers: vec![ValueMatch { name: "end-user".into(), value: Some(StrMatch::Exact("jason".into())) }], ..Default::default() },
+                        RequestMatch {
+                            headers: vec![ValueMatch {
+                                name: "end-user".into(),
+                                value: Some(StrMatch::Exact("jason".into())),
+                            }],
+                            ..Default::default()
+                        },
                     ],
                     "v2",
                 ),

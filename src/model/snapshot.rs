@@ -63,7 +63,11 @@ impl GatewayListener {
                 } else if d == "*" {
                     0
                 } else if let Some(suffix) = d.strip_prefix('*') {
-                    if host.ends_with(suffix) && host.len() > suffix.len() { suffix.len() } else { continue }
+                    if host.ends_with(suffix) && host.len() > suffix.len() {
+                        suffix.len()
+                    } else {
+                        continue;
+                    }
                 } else {
                     continue;
                 };
@@ -73,23 +77,6 @@ impl GatewayListener {
             }
         }
         best.map(|(_, vh)| vh)
-    }
-}
-
-impl MeshSnapshot {
-    /// An empty snapshot for a topology (before any configuration is compiled).
-    pub fn empty(topology: Arc<Topology>) -> MeshSnapshot {
-        let hosts = HostIndex::new(&topology.services, &topology.namespace);
-        MeshSnapshot {
-            version: 0,
-            outbound_mode: OutboundMode::AllowAny,
-            topology,
-            resources: Arc::new(Vec::new()),
-            hosts,
-            clusters: BTreeMap::new(),
-            mesh_routes: HashMap::new(),
-            gateway_routes: HashMap::new(),
-        }
     }
 }
 
@@ -132,12 +119,23 @@ mod tests {
     use super::*;
 
     fn vh(domains: &[&str]) -> VirtualHost {
-        VirtualHost { domains: domains.iter().map(|s| s.to_string()).collect(), gateway: String::new(), table: RouteTable::default() }
+        VirtualHost {
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            gateway: String::new(),
+            table: RouteTable::default(),
+        }
     }
 
     #[test]
     fn virtual_host_selection_prefers_exact_then_longest_wildcard() {
-        let l = GatewayListener { virtual_hosts: vec![vh(&["*"]), vh(&["*.example.com"]), vh(&["*.api.example.com"]), vh(&["www.example.com"])] };
+        let l = GatewayListener {
+            virtual_hosts: vec![
+                vh(&["*"]),
+                vh(&["*.example.com"]),
+                vh(&["*.api.example.com"]),
+                vh(&["www.example.com"]),
+            ],
+        };
         assert_eq!(l.virtual_host("www.example.com").unwrap().domains[0], "www.example.com");
         assert_eq!(l.virtual_host("v1.api.example.com").unwrap().domains[0], "*.api.example.com");
         assert_eq!(l.virtual_host("x.example.com").unwrap().domains[0], "*.example.com");

@@ -16,7 +16,10 @@ pub fn unsupported(res: &Resource, out: &mut Diagnostics) {
     match &res.spec {
         Spec::Opaque(_) => warn(
             res.origin.pos,
-            format!("{} {}/{} is stored but not honoured yet: traffic ignores it", res.kind, res.metadata.namespace, res.metadata.name),
+            format!(
+                "{} {}/{} is stored but not honoured yet: traffic ignores it",
+                res.kind, res.metadata.namespace, res.metadata.name
+            ),
         ),
         Spec::VirtualService(vs) => virtual_service(vs, &mut warn),
         Spec::Gateway(gw) => gateway(gw, &mut warn),
@@ -37,7 +40,11 @@ fn virtual_service(vs: &VirtualServiceSpec, warn: &mut impl FnMut(Pos, String)) 
     for r in &vs.http {
         let fields: [(bool, Pos, &str); 11] = [
             (r.redirect.is_some(), r.redirect.as_ref().map(|x| x.pos).unwrap_or_default(), "redirect"),
-            (r.direct_response.is_some(), r.direct_response.as_ref().map(|x| x.pos).unwrap_or_default(), "directResponse"),
+            (
+                r.direct_response.is_some(),
+                r.direct_response.as_ref().map(|x| x.pos).unwrap_or_default(),
+                "directResponse",
+            ),
             (r.delegate.is_some(), r.delegate.as_ref().map(|x| x.pos).unwrap_or_default(), "delegate"),
             (r.rewrite.is_some(), r.rewrite.as_ref().map(|x| x.pos).unwrap_or_default(), "rewrite"),
             (r.timeout.is_some(), r.timeout.as_ref().map(|x| x.pos).unwrap_or_default(), "timeout"),
@@ -73,7 +80,10 @@ fn gateway(gw: &GatewaySpec, warn: &mut impl FnMut(Pos, String)) {
         if let Some(p) = proto
             && !matches!(p.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB")
         {
-            warn(p.pos, format!("Gateway servers with protocol {} are not supported yet (HTTP only): ignored", p.value));
+            warn(
+                p.pos,
+                format!("Gateway servers with protocol {} are not supported yet (HTTP only): ignored", p.value),
+            );
         }
         if let Some(t) = &s.tls {
             warn(t.pos, "Gateway server `tls` is not honoured yet: it is ignored".into());

@@ -179,16 +179,6 @@ fn ser_state<S: serde::Serializer>(v: &Mutex<ProcState>, s: S) -> Result<S::Ok, 
     v.lock().map(|g| g.clone()).unwrap_or_default().serialize(s)
 }
 
-impl Topology {
-    pub fn service_by_name(&self, name: &str) -> Option<(usize, &Service)> {
-        self.services.iter().enumerate().find(|(_, s)| s.name == name)
-    }
-
-    pub fn instance(&self, name: &str) -> Option<&std::sync::Arc<Instance>> {
-        self.instances.iter().find(|i| i.name == name)
-    }
-}
-
 /// `<SERVICE>` for environment variable names: upper case, `-` and `.` become `_`.
 pub fn env_name(service: &str) -> String {
     service.chars().map(|c| if c == '-' || c == '.' { '_' } else { c.to_ascii_uppercase() }).collect()

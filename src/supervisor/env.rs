@@ -86,7 +86,10 @@ mod tests {
             namespace: "default".into(),
             services: vec![
                 svc("productpage", vec![http(9080)]),
-                svc("my-db", vec![PortDef { name: Some("tcp-sql".into()), port: 5432, protocol: Protocol::Tcp }, http(8080)]),
+                svc(
+                    "my-db",
+                    vec![PortDef { name: Some("tcp-sql".into()), port: 5432, protocol: Protocol::Tcp }, http(8080)],
+                ),
             ],
             instances: vec![],
             gateways: vec![],

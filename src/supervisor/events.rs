@@ -31,7 +31,9 @@ impl Lifecycle {
             Lifecycle::Ready { instance, after_ms } => {
                 format!("{}ready ({:.2}s after start)", who(instance), *after_ms as f64 / 1000.0)
             }
-            Lifecycle::NotReady { instance, reason } => format!("{}not ready: {reason}", who(instance)),
+            Lifecycle::NotReady { instance, reason } => {
+                format!("{}not ready: {reason}", who(instance))
+            }
             Lifecycle::Exited { instance, code: Some(c), .. } => format!("{}exited with code {c}", who(instance)),
             Lifecycle::Exited { instance, signal: Some(s), .. } => {
                 format!("{}killed by signal {s} ({})", who(instance), signal_name(*s))
@@ -42,7 +44,9 @@ impl Lifecycle {
                 who(instance),
                 human(Duration::from_millis(*delay_ms))
             ),
-            Lifecycle::SpawnFailed { instance, error } => format!("{}cannot start: {error}", who(instance)),
+            Lifecycle::SpawnFailed { instance, error } => {
+                format!("{}cannot start: {error}", who(instance))
+            }
             Lifecycle::Listening { what, addr } => format!("{}listening on {addr}", who(what)),
             Lifecycle::MeshReady { after_ms } => {
                 format!("{}all workloads ready ({:.2}s)", who("mesh"), *after_ms as f64 / 1000.0)

@@ -7,8 +7,8 @@ pub mod env;
 pub mod events;
 pub mod probe;
 pub mod process;
-pub mod stats;
 pub mod reaper;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,7 +77,8 @@ impl Supervisor {
                     self.events.emit(Lifecycle::Started { instance: inst.name.clone(), pid });
                     inst.status.set_state(ProcState::Running);
                     let probe_stop = stop.child_token();
-                    let probe = tokio::spawn(self.clone().probe_loop(inst.clone(), env.clone(), probe_stop.clone(), started));
+                    let probe =
+                        tokio::spawn(self.clone().probe_loop(inst.clone(), env.clone(), probe_stop.clone(), started));
                     let waited = tokio::select! {
                         s = child.wait() => Some(s),
                         _ = stop.cancelled() => None,
@@ -128,7 +129,11 @@ impl Supervisor {
             let restarts = inst.status.restarts.load(Ordering::Relaxed) + 1;
             inst.status.backoff_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
             inst.status.set_state(ProcState::Backoff);
-            self.events.emit(Lifecycle::Restarting { instance: inst.name.clone(), delay_ms: delay.as_millis() as u64, restarts });
+            self.events.emit(Lifecycle::Restarting {
+                instance: inst.name.clone(),
+                delay_ms: delay.as_millis() as u64,
+                restarts,
+            });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => break,
@@ -149,8 +154,16 @@ impl Supervisor {
     }
 
     /// Readiness of one running process: fast probes until ready, then every second.
-    async fn probe_loop(self: Arc<Self>, inst: Arc<Instance>, env: Vec<(String, String)>, stop: CancellationToken, started: Instant) {
-        let Some(app) = inst.ports.first().map(|p| p.app) else { return };
+    async fn probe_loop(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        env: Vec<(String, String)>,
+        stop: CancellationToken,
+        started: Instant,
+    ) {
+        let Some(app) = inst.ports.first().map(|p| p.app) else {
+            return;
+        };
         let mut ready = false;
         let mut failures = 0u32;
         loop {

@@ -18,12 +18,7 @@ pub const PERIOD: Duration = Duration::from_secs(1);
 pub const FAILURE_THRESHOLD: u32 = 3;
 
 /// One probe; `Err` says why it failed.
-pub async fn check(
-    probe: &Readiness,
-    app: SocketAddr,
-    cwd: &Path,
-    env: &[(String, String)],
-) -> Result<(), String> {
+pub async fn check(probe: &Readiness, app: SocketAddr, cwd: &Path, env: &[(String, String)]) -> Result<(), String> {
     match tokio::time::timeout(TIMEOUT, run(probe, app, cwd, env)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {}ms", TIMEOUT.as_millis())),

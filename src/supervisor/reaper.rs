@@ -62,7 +62,9 @@ pub fn run() -> ! {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let (op, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<u32>() else { continue };
+        let Ok(pgid) = pgid.parse::<u32>() else {
+            continue;
+        };
         match op {
             "+" => groups.push(pgid),
             "-" => groups.retain(|g| *g != pgid),

@@ -18,16 +18,14 @@ pub async fn run(topology: Arc<Topology>, stats: ProcStats, stop: CancellationTo
     let Ok(system) = System::new() else { return };
     let system = Arc::new(std::sync::Mutex::new(system));
     loop {
-        let mut pids: Vec<u32> = topology
-            .instances
-            .iter()
-            .map(|i| i.status.pid.load(Ordering::Relaxed))
-            .filter(|p| *p != 0)
-            .collect();
+        let mut pids: Vec<u32> =
+            topology.instances.iter().map(|i| i.status.pid.load(Ordering::Relaxed)).filter(|p| *p != 0).collect();
         pids.push(std::process::id());
         let sys = system.clone();
         let sampled = tokio::task::spawn_blocking(move || {
-            let Ok(mut sys) = sys.lock() else { return HashMap::new() };
+            let Ok(mut sys) = sys.lock() else {
+                return HashMap::new();
+            };
             let list: Vec<Pid> = pids.iter().map(|p| Pid::from_u32(*p)).collect();
             sys.refresh_cpu_all();
             sys.refresh_processes_specifics(

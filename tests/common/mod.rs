@@ -119,7 +119,14 @@ impl Mesh {
     fn wait_addr(&mut self, who: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(a) = self.lines.lock().unwrap().iter().find(|l| l.contains(who) && l.contains("listening on")).and_then(|l| Self::addr_in(l)) {
+            if let Some(a) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(who) && l.contains("listening on"))
+                .and_then(|l| Self::addr_in(l))
+            {
                 return a;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -131,7 +138,12 @@ impl Mesh {
     }
 
     pub fn find_addr(&self, who: &str) -> Option<SocketAddr> {
-        self.lines.lock().unwrap().iter().find(|l| l.contains(who) && l.contains("listening on")).and_then(|l| Self::addr_in(l))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(who) && l.contains("listening on"))
+            .and_then(|l| Self::addr_in(l))
     }
 
     pub fn wait_ready(&self) {
@@ -166,7 +178,8 @@ impl Mesh {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(s)) = child.try_wait() {
@@ -181,7 +194,8 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -218,7 +232,14 @@ pub struct Req {
 
 impl Req {
     pub fn get(target: &str) -> Req {
-        Req { method: http::Method::GET, target: target.into(), host: None, headers: vec![], body: Bytes::new(), h2: false }
+        Req {
+            method: http::Method::GET,
+            target: target.into(),
+            host: None,
+            headers: vec![],
+            body: Bytes::new(),
+            h2: false,
+        }
     }
     pub fn post(target: &str) -> Req {
         Req { method: http::Method::POST, ..Req::get(target) }
@@ -289,12 +310,15 @@ where
     }
     let fut = async {
         if req.h2 {
-            let uri = if req.target.starts_with('/') { format!("http://{host}{}", req.target) } else { req.target.clone() };
+            let uri =
+                if req.target.starts_with('/') { format!("http://{host}{}", req.target) } else { req.target.clone() };
             let mut b = b.uri(uri);
             b = b.version(http::Version::HTTP_2);
             let request = b.body(Full::new(req.body.clone())).unwrap();
             let (mut s, conn) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             s.send_request(request).await
         } else {

@@ -110,9 +110,9 @@ impl Kind {
     pub fn lookup(word: &str) -> Option<Kind> {
         let w = word.to_ascii_lowercase();
         let w = w.split_once('.').map_or(w.as_str(), |(k, _)| k);
-        Kind::ALL.into_iter().find(|k| {
-            k.name().eq_ignore_ascii_case(w) || k.plural() == w || k.short_names().contains(&w)
-        })
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(w) || k.plural() == w || k.short_names().contains(&w))
     }
 }
 
@@ -176,11 +176,6 @@ pub struct Metadata {
 impl Resource {
     pub fn key(&self) -> ResourceKey {
         ResourceKey { kind: self.kind, namespace: self.metadata.namespace.clone(), name: self.metadata.name.clone() }
-    }
-
-    /// Same content (metadata and spec; not where it was read from).
-    pub fn same_as(&self, other: &Resource) -> bool {
-        self.kind == other.kind && self.metadata == other.metadata && self.spec == other.spec
     }
 }
 
@@ -254,7 +249,11 @@ fn read_resource(doc: &Node, file: &Arc<str>, default_namespace: &str, diags: &m
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let Some(kind) = Kind::from_name(kind_name) else {
         if group.ends_with("istio.io") {
-            diags.error(file, kind_node.pos, format!("no matches for kind \"{kind_name}\" in version \"{api_version}\""));
+            diags.error(
+                file,
+                kind_node.pos,
+                format!("no matches for kind \"{kind_name}\" in version \"{api_version}\""),
+            );
         } else {
             diags.warning(
                 file,
@@ -337,7 +336,9 @@ pub fn to_json(node: &Node) -> serde_json::Value {
             t => {
                 if let Ok(i) = t.parse::<i64>() {
                     J::from(i)
-                } else if let Some(f) = t.parse::<f64>().ok().filter(|f| f.is_finite() && t.bytes().any(|b| b.is_ascii_digit())) {
+                } else if let Some(f) =
+                    t.parse::<f64>().ok().filter(|f| f.is_finite() && t.bytes().any(|b| b.is_ascii_digit()))
+                {
                     J::from(f)
                 } else {
                     J::String(t.to_string())
@@ -345,9 +346,9 @@ pub fn to_json(node: &Node) -> serde_json::Value {
             }
         },
         Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
-        Value::Map(entries) => J::Object(
-            entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v))).collect(),
-        ),
+        Value::Map(entries) => {
+            J::Object(entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v))).collect())
+        }
     }
 }
 
@@ -380,7 +381,10 @@ mod tests {
         let (res, d) = read(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: prod}\nspec: {host: reviews}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
         );
-        assert_eq!(d, "r.yaml:16:7: warning: skipping Deployment (apps/v1): devmesh reads Istio resources only; services and workloads come from the mesh file\n");
+        assert_eq!(
+            d,
+            "r.yaml:16:7: warning: skipping Deployment (apps/v1): devmesh reads Istio resources only; services and workloads come from the mesh file\n"
+        );
         assert_eq!(res.len(), 2);
         assert_eq!(res[0].metadata.namespace, "default");
         let Spec::VirtualService(vs) = &res[0].spec else { panic!("typed") };
@@ -391,7 +395,9 @@ mod tests {
 
     #[test]
     fn envelope_errors_are_located() {
-        let (_, d) = read("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualServise\nmetadata: {name: r}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: Bad_Name}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: 80}, hostz: []}]}\n");
+        let (_, d) = read(
+            "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualServise\nmetadata: {name: r}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: Bad_Name}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: 80}, hostz: []}]}\n",
+        );
         assert_eq!(
             d,
             "r.yaml:1:13: error: no matches for kind \"VirtualService\" in version \"networking.istio.io/v2\"\n\

@@ -43,7 +43,8 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
     }
     regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
         let detail = e.to_string();
-        let last = detail.lines().rfind(|l| l.starts_with("error:")).unwrap_or("invalid regex").trim_start_matches("error: ");
+        let last =
+            detail.lines().rfind(|l| l.starts_with("error:")).unwrap_or("invalid regex").trim_start_matches("error: ");
         format!("{last}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
     })
 }
@@ -149,7 +150,10 @@ fn gateway_ref(v: &mut V, g: &Spanned<String>) {
         let (name, ns) = g.split_once('.').unwrap_or((g.as_str(), ""));
         v.warn(
             g.pos,
-            format!("using legacy gatewayName format {:?}; prefer the <namespace>/<name> format: \"{ns}/{name}\"", g.value),
+            format!(
+                "using legacy gatewayName format {:?}; prefer the <namespace>/<name> format: \"{ns}/{name}\"",
+                g.value
+            ),
         );
     }
 }
@@ -241,8 +245,7 @@ fn retries(v: &mut V, r: &Spanned<HttpRetry>) {
     {
         v.err(a.pos, "attempts cannot be negative");
     }
-    if attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some() || r.retry_remote_localities.is_some())
-    {
+    if attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some() || r.retry_remote_localities.is_some()) {
         v.err(r.pos, "http retry policy configured when attempts are set to 0 (disabled)");
     }
     if let Some(t) = &r.per_try_timeout {
@@ -338,8 +341,7 @@ fn http_route(v: &mut V, r: &HttpRoute, delegate_vs: bool) {
         if red.uri.is_some() && red.prefix_rewrite.is_some() {
             v.err(red.pos, "redirect may only specify one of uri or prefix_rewrite");
         }
-        if red.prefix_rewrite.is_some()
-            && r.matches.iter().any(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
+        if red.prefix_rewrite.is_some() && r.matches.iter().any(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
         {
             v.err(red.pos, "redirect prefix_rewrite requires all URI matches to use prefix match type");
         }
@@ -478,7 +480,9 @@ fn http_route(v: &mut V, r: &HttpRoute, delegate_vs: bool) {
         }
         if let Some(m) = &c.max_age {
             match duration::parse_istio(m) {
-                Ok(d) if d.subsec_nanos() != 0 => v.err(m.pos, "max_age duration is accurate only to seconds precision"),
+                Ok(d) if d.subsec_nanos() != 0 => {
+                    v.err(m.pos, "max_age duration is accurate only to seconds precision")
+                }
                 Ok(_) => {}
                 Err(e) => v.err(m.pos, e),
             }
@@ -614,7 +618,10 @@ fn virtual_service(v: &mut V, res: &Resource, vs: &VirtualServiceSpec) {
                 if sni.parse::<std::net::IpAddr>().is_ok() {
                     v.warn(
                         sni.pos,
-                        format!("using an IP address ({:?}) goes against SNI spec and most clients do not support this", sni.value),
+                        format!(
+                            "using an IP address ({:?}) goes against SNI spec and most clients do not support this",
+                            sni.value
+                        ),
                     );
                 } else if !vs.hosts.iter().any(|h| host_covers(h, sni) || host_covers(sni, h)) {
                     let hosts: Vec<&str> = vs.hosts.iter().map(|h| h.as_str()).collect();
@@ -684,10 +691,11 @@ fn export_to(v: &mut V, entries: &[Spanned<String>], service_entry: bool) {
         }
         seen.push(s);
     }
-    if seen.contains(&"*") && seen.len() > 1 {
-        if let Some(e) = entries.first() {
-            v.err(e.pos, "cannot have both public (*) and non-public exportTo values for a resource");
-        }
+    if seen.contains(&"*")
+        && seen.len() > 1
+        && let Some(e) = entries.first()
+    {
+        v.err(e.pos, "cannot have both public (*) and non-public exportTo values for a resource");
     }
 }
 
@@ -748,7 +756,9 @@ fn server<'a>(v: &mut V, s: &'a Server, port_names: &mut Vec<&'a str>) {
     }
     let unix = s.bind.as_ref().is_some_and(|b| b.starts_with("unix://"));
     match &p.number {
-        Some(n) if unix && n.value != 0 => v.err(n.pos, format!("port number must be 0 for unix domain socket: {}", n.value)),
+        Some(n) if unix && n.value != 0 => {
+            v.err(n.pos, format!("port number must be 0 for unix domain socket: {}", n.value))
+        }
         Some(n) if !unix && !(1..=65535).contains(&n.value) => {
             v.err(n.pos, format!("port number {} must be in the range 1..65535", n.value))
         }
@@ -799,23 +809,21 @@ fn server<'a>(v: &mut V, s: &'a Server, port_names: &mut Vec<&'a str>) {
                 v.err(t.pos, "server cannot have TLS settings for non HTTPS/TLS ports");
             }
         }
-        Some(t) => {
-            if t.mode == Some(TlsMode::IstioMutual) {
-                for (set, what) in [
-                    (t.server_certificate.is_some(), "server certificate"),
-                    (t.private_key.is_some(), "private key"),
-                    (t.ca_certificates.is_some(), "CA bundle"),
-                    (!t.tls_certificates.is_empty(), "tlsCertificates"),
-                    (t.credential_name.is_some(), "credentialName"),
-                    (!t.credential_names.is_empty(), "credentialNames"),
-                ] {
-                    if set {
-                        v.err(t.pos, format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
-                    }
+        Some(t) if t.mode == Some(TlsMode::IstioMutual) => {
+            for (set, what) in [
+                (t.server_certificate.is_some(), "server certificate"),
+                (t.private_key.is_some(), "private key"),
+                (t.ca_certificates.is_some(), "CA bundle"),
+                (!t.tls_certificates.is_empty(), "tlsCertificates"),
+                (t.credential_name.is_some(), "credentialName"),
+                (!t.credential_names.is_empty(), "credentialNames"),
+            ] {
+                if set {
+                    v.err(t.pos, format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
                 }
             }
         }
-        None => {}
+        _ => {}
     }
 }
 
@@ -840,7 +848,11 @@ mod tests {
     fn regex_is_anchored_and_errors_name_re2() {
         let re = compile_regex("/api/v[0-9]+").unwrap();
         assert!(re.is_match("/api/v12") && !re.is_match("/api/v12/x"));
-        assert!(compile_regex("(").unwrap_err().ends_with("Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"));
+        assert!(
+            compile_regex("(")
+                .unwrap_err()
+                .ends_with("Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
+        );
     }
 
     #[test]
@@ -850,7 +862,12 @@ mod tests {
         );
         let out = check(&text);
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines.contains(&"v.yaml:5:20: error: wildcard host * is not allowed for virtual services bound to the mesh gateway"), "{out}");
+        assert!(
+            lines.contains(
+                &"v.yaml:5:20: error: wildcard host * is not allowed for virtual services bound to the mesh gateway"
+            ),
+            "{out}"
+        );
         assert!(lines.iter().any(|l| l.starts_with("v.yaml:8:20: error: \"uri\": ")), "{out}");
         assert!(lines.contains(&"v.yaml:10:44: error: subset name is invalid: Bad_Subset"), "{out}");
         assert!(lines.contains(&"v.yaml:11:15: error: weight -1 < 0"), "{out}");
@@ -860,8 +877,13 @@ mod tests {
 
     #[test]
     fn unreachable_rule_after_catch_all_is_a_warning() {
-        let text = format!("{VS}  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n  - match: [{{uri: {{prefix: /a}}}}]\n    route:\n    - destination: {{host: reviews}}\n");
-        assert_eq!(check(&text), "v.yaml:9:5: warning: virtualService rule #1 not used (route without matches defined before)\n");
+        let text = format!(
+            "{VS}  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n  - match: [{{uri: {{prefix: /a}}}}]\n    route:\n    - destination: {{host: reviews}}\n"
+        );
+        assert_eq!(
+            check(&text),
+            "v.yaml:9:5: warning: virtualService rule #1 not used (route without matches defined before)\n"
+        );
     }
 
     #[test]
