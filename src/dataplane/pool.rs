@@ -263,3 +263,96 @@ impl Pool {
 fn reset(e: hyper::Error) -> ProxyError {
     ProxyError::UpstreamReset(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An upstream that counts the connections it accepts (HTTP/1.1 and h2c).
+    async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    fn get(version: Version, addr: SocketAddr) -> Request<Body> {
+        let uri = match version {
+            Version::H1 => "/".to_string(),
+            Version::H2 => format!("http://{addr}/"),
+        };
+        let mut req = Request::get(uri).body(Body::Empty).unwrap();
+        if version == Version::H1 {
+            req.headers_mut().insert(http::header::HOST, addr.to_string().parse().unwrap());
+        } else {
+            *req.version_mut() = http::Version::HTTP_2;
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn http1_connections_are_kept_alive_and_reused() {
+        let (addr, accepted) = counting_upstream().await;
+        let pools = Pools::new();
+        let target = Target { addr, version: Version::H1, mtls: None };
+        for _ in 0..5 {
+            let resp = pools.send(&target, get(Version::H1, addr)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "five sequential requests share one connection");
+    }
+
+    #[tokio::test]
+    async fn http2_requests_are_multiplexed_on_one_connection() {
+        let (addr, accepted) = counting_upstream().await;
+        let pools = Arc::new(Pools::new());
+        let target = Target { addr, version: Version::H2, mtls: None };
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (pools, target) = (pools.clone(), target.clone());
+            tasks.push(tokio::spawn(async move {
+                let resp = pools.send(&target, get(Version::H2, addr)).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(&t.await.unwrap()[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_uf() {
+        let addr = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let err = Pools::new().send(&Target { addr, version: Version::H1, mtls: None }, get(Version::H1, addr)).await;
+        match err {
+            Err(e) => {
+                assert_eq!(e.flag().as_str(), "UF");
+                assert!(e.body().contains("delayed connect error: "), "{}", e.body());
+            }
+            Ok(_) => panic!("connected to a closed port"),
+        }
+    }
+}
