@@ -94,7 +94,7 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
                     let Some(num) = server.port.as_ref().and_then(|p| p.number.as_ref()).map(|n| n.value) else {
                         continue;
                     };
-                    if num != i64::from(*server_port) && num != i64::from(local.port()) {
+                    if !server_binds(num, *server_port, local.port()) {
                         continue;
                     }
                     let proto = server.port.as_ref().and_then(|p| p.protocol.as_ref()).map(|p| Protocol::parse(p));
@@ -132,6 +132,19 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
         },
         warnings,
     }
+}
+
+/// Whether a Gateway server port belongs to the listener for mesh-file port `service_port`
+/// (bound locally on `local_port`). Istio accepts the gateway Service's port or its target
+/// port; devmesh's gateways have the default ingress gateway's (80 → 8080, 443 → 8443), and
+/// the local port counts too.
+pub fn server_binds(server_port: i64, service_port: u16, local_port: u16) -> bool {
+    let target = match service_port {
+        80 => 8080,
+        443 => 8443,
+        p => p,
+    };
+    server_port == i64::from(service_port) || server_port == i64::from(target) || server_port == i64::from(local_port)
 }
 
 /// A VirtualService without `gateways` applies to the mesh, as does one listing `mesh`.
@@ -359,5 +372,22 @@ fn compile_match(m: &HttpMatchRequest, namespace: &str) -> RequestMatch {
         source_labels: m.source_labels.clone(),
         source_namespace: m.source_namespace.as_ref().map(|s| s.value.clone()),
         gateways: m.gateways.iter().map(|g| qualify_gateway(g, namespace)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_server_ports_bind_like_the_ingress_gateway_service() {
+        assert!(server_binds(80, 80, 8080));
+        assert!(server_binds(8080, 80, 8080), "Istio's bookinfo-gateway uses the target port");
+        assert!(server_binds(8080, 80, 41234), "the target port works whatever the local port");
+        assert!(server_binds(8443, 443, 0));
+        assert!(server_binds(9000, 9000, 1234));
+        assert!(server_binds(1234, 9000, 1234));
+        assert!(!server_binds(8080, 443, 8443));
+        assert!(!server_binds(81, 80, 8080));
     }
 }

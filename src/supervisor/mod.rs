@@ -189,7 +189,13 @@ impl Supervisor {
                     }
                 }
             }
-            let period = if ready { probe::PERIOD } else { probe::FAST_PERIOD };
+            let period = if ready {
+                probe::PERIOD
+            } else if started.elapsed() < probe::STARTUP_WINDOW {
+                probe::STARTUP_PERIOD
+            } else {
+                probe::SLOW_START_PERIOD
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}

@@ -1,6 +1,7 @@
 //! Readiness probes: TCP connect (default), HTTP GET (2xx/3xx is ready) or a command (exit 0).
-//! Probed every 50ms until first ready (so traffic flows as soon as the app listens), then
-//! every second; three failures in a row take an instance out of its endpoints.
+//! Until first ready, probed every 10ms for two seconds, then every 100ms (so traffic flows as
+//! soon as the app listens); after that every second. Three failures in a row take an instance
+//! out of its endpoints.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +14,9 @@ use hyper_util::rt::TokioIo;
 use crate::config::mesh::Readiness;
 
 pub const TIMEOUT: Duration = Duration::from_secs(1);
-pub const FAST_PERIOD: Duration = Duration::from_millis(50);
+pub const STARTUP_PERIOD: Duration = Duration::from_millis(10);
+pub const STARTUP_WINDOW: Duration = Duration::from_secs(2);
+pub const SLOW_START_PERIOD: Duration = Duration::from_millis(100);
 pub const PERIOD: Duration = Duration::from_secs(1);
 pub const FAILURE_THRESHOLD: u32 = 3;
 

@@ -252,6 +252,10 @@ impl Req {
         self.headers.push((k.into(), v.into()));
         self
     }
+    pub fn with_body(mut self, body: &str) -> Req {
+        self.body = Bytes::from(body.to_string());
+        self
+    }
     pub fn h2(mut self) -> Req {
         self.h2 = true;
         self
