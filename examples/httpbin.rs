@@ -2,6 +2,7 @@
 //!
 //! Listens on `127.0.0.1:$PORT` (or `--port N`). Every response carries `x-served-by: $POD_NAME`.
 //!
+//!   GET  /hello                  200 "hello world" (a fixed answer, the benchmark's upstream)
 //!   GET  /health                 200 ok
 //!   ANY  /get, /anything/...     the request as JSON: method, path, args, headers, served_by
 //!   GET  /headers                {"headers": {...}}
@@ -131,6 +132,11 @@ async fn fetch(url: &str) -> Result<Value, String> {
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/hello" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"hello world\n")));
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        return Ok(r);
+    }
     let (req, body) = req.into_parts();
     let body = http_body_util::Limited::new(body, 8 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = req.uri.path().to_string();
