@@ -23,6 +23,7 @@ use crate::dataplane::gateway::Gateway;
 use crate::dataplane::inbound::Inbound;
 use crate::dataplane::outbound::Outbound;
 use crate::dataplane::pool::Pools;
+use crate::dataplane::workers::{self, PerWorker, Workers};
 use crate::identity::ca::{self, Ca};
 use crate::identity::tls::Certs;
 use crate::model::compile::compile;
@@ -99,41 +100,43 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     }
 
     let (telemetry, access_rx) = Telemetry::new(16 * 1024);
-    let access_log_path = state_dir.join("access.log");
-    let access_task = tokio::spawn(async move { access_log::run(&access_log_path, access_rx).await });
+    let access_log = access_log::spawn(state_dir.join("access.log"), access_rx)?;
 
-    // Data plane.
+    // Data plane: worker threads own connections; pools are per worker.
+    let workers = Arc::new(Workers::start(workers::default_count())?);
+    let n = workers.count();
     let mut outbounds: Vec<Arc<Outbound>> = Vec::new();
     for inst in &topology.instances {
         let tls = certs.identity(&inst.identity)?;
         let forwarder = Forwarder {
             proxy: Arc::from(inst.name.as_str()),
-            workload: Arc::from(inst.workload.as_str()),
+            workload: inst.workload.clone(),
             namespace: inst.namespace.clone(),
             labels: inst.labels.clone(),
             tls,
-            pools: Pools::new(),
+            pools: PerWorker::new(n, Pools::new),
             telemetry: telemetry.clone(),
             gateway: false,
         };
-        outbounds.push(Arc::new(Outbound::new(inst.clone(), forwarder, snapshot.clone())));
+        outbounds.push(Arc::new(Outbound::new(inst.clone(), forwarder, snapshot.clone(), n)));
     }
     for (ii, pi, l) in listeners.inbound {
         let inst = topology.instances[ii].clone();
         let inbound = Arc::new(Inbound {
+            names: crate::dataplane::inbound::Names::new(&inst, &inst.ports[pi]),
             port: inst.ports[pi].clone(),
             tls: certs.identity(&inst.identity)?,
             instance: inst,
-            pools: Pools::new(),
+            pools: PerWorker::new(n, Pools::new),
             telemetry: telemetry.clone(),
         });
-        tokio::spawn(inbound.run(l, dataplane_stop.clone()));
+        tokio::spawn(inbound.run(l, dataplane_stop.clone(), workers.clone()));
     }
     for (ii, l) in listeners.outbound {
-        tokio::spawn(outbounds[ii].clone().run_proxy(l, dataplane_stop.clone()));
+        tokio::spawn(outbounds[ii].clone().run_proxy(l, dataplane_stop.clone(), workers.clone()));
     }
     for (ii, si, port, l) in listeners.upstream {
-        tokio::spawn(outbounds[ii].clone().run_upstream(l, si, port, dataplane_stop.clone()));
+        tokio::spawn(outbounds[ii].clone().run_upstream(l, si, port, dataplane_stop.clone(), workers.clone()));
     }
     let mut gateways: Vec<Arc<Gateway>> = Vec::new();
     for (gi, gw) in topology.gateways.iter().enumerate() {
@@ -143,7 +146,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
             namespace: gw.namespace.clone(),
             labels: gw.labels.clone(),
             tls: certs.identity(&gw.identity)?,
-            pools: Pools::new(),
+            pools: PerWorker::new(n, Pools::new),
             telemetry: telemetry.clone(),
             gateway: true,
         };
@@ -155,7 +158,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
             what: format!("{} (port {server_port})", topology.gateways[gi].name),
             addr: format!("http://{addr}"),
         });
-        tokio::spawn(gateways[gi].clone().run(l, server_port, dataplane_stop.clone()));
+        tokio::spawn(gateways[gi].clone().run(l, server_port, dataplane_stop.clone(), workers.clone()));
     }
     tokio::spawn(certs.clone().run_rotation(dataplane_stop.clone()));
 
@@ -220,7 +223,10 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     drop(outbounds);
     drop(gateways);
     let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
-    access_task.abort();
+    // The access log writer ends once the last recorder is gone (the workers hold some):
+    // don't wait for it beyond one drain.
+    std::thread::sleep(Duration::from_millis(150));
+    drop(access_log);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Version as HttpVersion};
 use hyper::body::Incoming;
 
@@ -14,6 +15,7 @@ use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO};
 use super::pool::{Pools, Target, Version};
+use super::workers::PerWorker;
 use crate::identity::tls::WorkloadTls;
 use crate::model::cluster::Cluster;
 use crate::model::routes::{self, Action, RequestView, Route, RouteTable};
@@ -27,7 +29,8 @@ pub struct Forwarder {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub tls: Arc<WorkloadTls>,
-    pub pools: Pools,
+    /// Upstream connections, per worker.
+    pub pools: PerWorker<Pools>,
     pub telemetry: Telemetry,
     /// Gateways set `server: istio-envoy` and are the edge for `x-forwarded-*`.
     pub gateway: bool,
@@ -63,15 +66,15 @@ impl Forwarder {
         if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let mut event = self.event(&parts, &path, routing.authority, &request_id, routing.service);
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut event = self.event(&parts, path.clone(), routing.authority, request_id, routing.service);
 
         // Route.
         let view = RequestView {
             method: parts.method.as_str(),
             scheme: "http",
             authority: routing.authority,
-            path: &path,
+            path: path.as_str(),
             headers: &parts.headers,
             port: routing.port,
             source_labels: &self.labels,
@@ -81,13 +84,13 @@ impl Forwarder {
         let result = match routes::find(routing.table, &view) {
             None => Err(ProxyError::NoRoute),
             Some(route) => {
-                event.route_name = Some(route_name(route));
+                event.route_name = Some(route.name.clone());
                 match self.destination(route) {
                     Err(e) => Err(e),
                     Ok(cluster) => {
-                        event.upstream_cluster = Some(cluster.name());
-                        event.subset = cluster.key.subset.clone();
-                        event.destination_service = Arc::from(cluster.key.host.as_str());
+                        event.upstream_cluster = Some(cluster.name.clone());
+                        event.subset = cluster.subset.clone();
+                        event.destination_service = cluster.host.clone();
                         self.attempt(&cluster, parts, body, routing.authority, &mut event).await
                     }
                 }
@@ -139,8 +142,8 @@ impl Forwarder {
         let Some(endpoint) = cluster.pick() else {
             return Err(if cluster.service.is_none() { ProxyError::NoCluster } else { ProxyError::NoHealthyUpstream });
         };
-        event.upstream_host = Some(endpoint.addr.to_string());
-        event.destination_workload = Some(Arc::from(endpoint.instance.workload.as_str()));
+        event.upstream_host = Some(endpoint.addr);
+        event.destination_workload = Some(endpoint.instance.workload.clone());
         event.attempts = 1;
         let version = if parts.version == HttpVersion::HTTP_2 || cluster.protocol.app_speaks_h2() {
             Version::H2
@@ -152,7 +155,7 @@ impl Forwarder {
         let target =
             Target { addr: endpoint.addr, version, mtls: Some((self.tls.clone(), endpoint.instance.identity.clone())) };
         let sent = Instant::now();
-        let mut resp = self.pools.send(&target, req).await?;
+        let mut resp = self.pools.get().send(&target, req).await?;
         let upstream_ms = sent.elapsed().as_millis() as u64;
         event.upstream_service_time_ms = Some(upstream_ms);
         event.mtls = true;
@@ -164,9 +167,9 @@ impl Forwarder {
     fn event(
         &self,
         parts: &http::request::Parts,
-        path: &str,
+        path: PathAndQuery,
         authority: &str,
-        request_id: &HeaderValue,
+        request_id: HeaderValue,
         service: &str,
     ) -> RequestEvent {
         RequestEvent {
@@ -174,42 +177,41 @@ impl Forwarder {
             reporter: Reporter::Source,
             proxy: self.proxy.clone(),
             source_workload: self.workload.clone(),
-            source_principal: Some(Arc::from(self.tls.spiffe.as_str())),
+            source_principal: Some(self.tls.spiffe_arc.clone()),
             destination_service: Arc::from(service),
             destination_workload: None,
             upstream_cluster: None,
             upstream_host: None,
             route_name: None,
             subset: None,
-            method: parts.method.as_str().to_string(),
-            authority: authority.to_string(),
-            path: path.to_string(),
+            method: parts.method.clone(),
+            authority: authority_value(parts, authority),
+            path,
             protocol: protocol_name(parts.version),
             status: 0,
             response_flags: "",
             duration_ms: 0,
             upstream_service_time_ms: None,
             bytes_sent: 0,
-            bytes_received: parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            bytes_received: content_length(&parts.headers),
             attempts: 0,
-            request_id: request_id.to_str().unwrap_or_default().to_string(),
-            user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            request_id,
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             mtls: false,
         }
     }
 }
 
-fn route_name(route: &Route) -> String {
-    match (&route.origin.name, route.origin.virtual_service.is_empty()) {
-        (Some(n), true) => n.clone(),
-        (Some(n), false) => format!("{}#{}", route.origin.virtual_service, n),
-        (None, _) => format!("{}#{}", route.origin.virtual_service, route.origin.index),
+/// The request's authority as a header value, shared with the request where possible.
+pub fn authority_value(parts: &http::request::Parts, authority: &str) -> HeaderValue {
+    match parts.headers.get(header::HOST) {
+        Some(h) if h.as_bytes() == authority.as_bytes() => h.clone(),
+        _ => HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("-")),
     }
+}
+
+pub fn content_length(h: &http::HeaderMap) -> u64 {
+    h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Joins a downstream upgrade (WebSocket, ...) to the upstream's once both sides switched.

@@ -16,6 +16,7 @@ use super::error::ProxyError;
 use super::forward::{Forwarder, Routing};
 use super::headers::{self, X_ENVOY_EXTERNAL_ADDRESS, X_FORWARDED_FOR};
 use super::listen::{self, HttpMode};
+use super::workers::Workers;
 use crate::model::hosts::{normalize, split_authority};
 use crate::model::routes::RouteTable;
 use crate::model::snapshot::Shared;
@@ -31,14 +32,19 @@ pub struct Gateway {
 
 impl Gateway {
     /// Serves one listener; `server_port` is the Gateway server port it stands for.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, server_port: u16, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        server_port: u16,
+        stop: CancellationToken,
+        workers: Arc<Workers>,
+    ) {
         let this = self.clone();
         listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
-            tokio::spawn(async move {
-                let handler = this.clone();
+            workers.connection(stream, peer, move |stream, peer| async move {
                 listen::serve_http(stream, HttpMode::Auto, move |req| {
-                    let this = handler.clone();
+                    let this = this.clone();
                     async move { this.request(server_port, peer, req).await }
                 })
                 .await;

@@ -24,9 +24,25 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
+/// Whether a header is connection-scoped (or one a proxy must not forward).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes connection-scoped headers (RFC 9110 §7.6.1), keeping `te: trailers` and, for
-/// upgrade requests, `connection: upgrade` + `upgrade`.
+/// upgrade requests, `connection: upgrade` + `upgrade`. Most messages carry none: one pass
+/// over the names settles that without hashing.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let upgrade = is_upgrade(h);
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -57,19 +73,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// A random version-4 UUID, as Envoy generates for `x-request-id`.
 pub fn new_request_id() -> HeaderValue {
-    let hi = fastrand::u64(..);
-    let lo = fastrand::u64(..);
-    let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
-    let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hi = (fastrand::u64(..) & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let lo = (fastrand::u64(..) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let bits = (u128::from(hi) << 64) | u128::from(lo);
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, byte) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *byte = b'-';
+        } else {
+            *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+            nibble += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 /// Returns the request id, adding one when absent.
@@ -91,14 +109,21 @@ pub fn authority(req: &Request<hyper::body::Incoming>) -> Option<String> {
 }
 
 /// Rewrites a request for an upstream of `version`: origin-form URI and `Host` for
-/// HTTP/1.1, absolute URI (`:authority`) without `Host` for HTTP/2.
+/// HTTP/1.1, absolute URI (`:authority`) without `Host` for HTTP/2. The path is shared, not
+/// re-parsed.
 pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme: &str) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match version {
         Version::H1 => {
             parts.version = HttpVersion::HTTP_11;
-            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                let mut uri = http::uri::Parts::default();
+                uri.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(uri) {
+                    parts.uri = u;
+                }
+            }
             if !parts.headers.contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(authority)
             {
@@ -107,9 +132,12 @@ pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme
         }
         Version::H2 => {
             parts.version = HttpVersion::HTTP_2;
-            let uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(path.as_str()).build();
-            if let Ok(uri) = uri {
-                parts.uri = uri;
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = scheme.parse().ok();
+            uri.authority = authority.parse().ok();
+            uri.path_and_query = Some(pq);
+            if let Ok(u) = Uri::from_parts(uri) {
+                parts.uri = u;
                 parts.headers.remove(header::HOST);
             }
         }

@@ -11,16 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
-use super::forward::{protocol_name, splice_upgrade};
+use super::forward::{content_length, protocol_name, splice_upgrade};
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO};
 use super::listen::{self, HttpMode, Sniffed};
 use super::pool::{self, Pools, Target, Version};
+use super::workers::{PerWorker, Workers};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
 use crate::model::topology::{Instance, InstancePort};
 use crate::telemetry::{Reporter, RequestEvent, Telemetry};
@@ -40,21 +42,41 @@ pub struct PeerTls {
     pub cert_hash: String,
 }
 
+/// Names every record of this listener shares.
+pub struct Names {
+    pub proxy: Arc<str>,
+    pub service: Arc<str>,
+    pub cluster: Arc<str>,
+    pub unknown: Arc<str>,
+}
+
+impl Names {
+    pub fn new(instance: &Instance, port: &InstancePort) -> Names {
+        Names {
+            proxy: Arc::from(instance.name.as_str()),
+            service: Arc::from(instance.service_name.as_str()),
+            cluster: Arc::from(format!("inbound|{}||", port.port)),
+            unknown: Arc::from("unknown"),
+        }
+    }
+}
+
 pub struct Inbound {
+    pub names: Names,
     pub instance: Arc<Instance>,
     pub port: InstancePort,
     pub tls: Arc<WorkloadTls>,
-    /// Connections to the application.
-    pub pools: Pools,
+    /// Connections to the application, per worker.
+    pub pools: PerWorker<Pools>,
     pub telemetry: Telemetry,
 }
 
 impl Inbound {
-    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken, workers: Arc<Workers>) {
         let this = self.clone();
         listen::accept_loop(listener, stop, move |stream, addr| {
             let this = this.clone();
-            tokio::spawn(async move { this.connection(stream, addr).await });
+            workers.connection(stream, addr, move |s, a| async move { this.connection(s, a).await });
         })
         .await;
     }
@@ -147,12 +169,11 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-            .unwrap_or_default();
+        let authority: HeaderValue = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+            (_, Some(h)) => h.clone(),
+            (Some(a), None) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
+            (None, None) => HeaderValue::from_static(""),
+        };
         match &peer.tls {
             Some(t) => {
                 let xfcc = format!(
@@ -176,36 +197,40 @@ impl Inbound {
         let mut event = RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Destination,
-            proxy: Arc::from(self.instance.name.as_str()),
-            source_workload: Arc::from("unknown"),
+            proxy: self.names.proxy.clone(),
+            source_workload: self.names.unknown.clone(),
             source_principal: peer.tls.as_ref().and_then(|t| t.spiffe.clone()),
-            destination_service: Arc::from(self.instance.service_name.as_str()),
-            destination_workload: Some(Arc::from(self.instance.workload.as_str())),
-            upstream_cluster: Some(format!("inbound|{}||", self.port.port)),
-            upstream_host: Some(self.port.app.to_string()),
+            destination_service: self.names.service.clone(),
+            destination_workload: Some(self.instance.workload.clone()),
+            upstream_cluster: Some(self.names.cluster.clone()),
+            upstream_host: Some(self.port.app),
             route_name: None,
             subset: None,
-            method: parts.method.as_str().to_string(),
+            method: parts.method.clone(),
             authority: authority.clone(),
-            path: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            path: parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
             protocol: protocol_name(parts.version),
             status: 0,
             response_flags: "",
             duration_ms: 0,
             upstream_service_time_ms: None,
             bytes_sent: 0,
-            bytes_received: 0,
+            bytes_received: content_length(&parts.headers),
             attempts: 1,
-            request_id: request_id.to_str().unwrap_or_default().to_string(),
-            user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            request_id,
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             mtls: peer.tls.is_some(),
         };
         let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
-        let upstream =
-            headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, &authority, "http");
+        let upstream = headers::to_upstream(
+            Request::from_parts(parts, Body::Incoming(body)),
+            version,
+            authority.to_str().unwrap_or(""),
+            "http",
+        );
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
-        let mut resp = match self.pools.send(&target, upstream).await {
+        let mut resp = match self.pools.get().send(&target, upstream).await {
             Ok(mut r) => {
                 let ms = sent.elapsed().as_millis() as u64;
                 event.upstream_service_time_ms = Some(ms);

@@ -11,3 +11,4 @@ pub mod listen;
 pub mod outbound;
 pub mod pool;
 pub mod rewind;
+pub mod workers;

@@ -25,6 +25,7 @@ use super::headers;
 use super::listen::{self, HttpMode, Sniffed};
 use super::pool::{self, Pools, Target, Version};
 use super::rewind::Rewind;
+use super::workers::{PerWorker, Workers};
 use crate::config::mesh::{OutboundMode, Protocol};
 use crate::identity::tls::Alpn;
 use crate::model::cluster::ClusterKey;
@@ -36,32 +37,31 @@ pub struct Outbound {
     pub instance: Arc<Instance>,
     pub forwarder: Forwarder,
     pub snapshot: Shared,
-    /// Connections to destinations outside the mesh.
-    pub passthrough: Pools,
+    /// Connections to destinations outside the mesh, per worker.
+    pub passthrough: PerWorker<Pools>,
     /// This instance's per-upstream listener addresses → (service, port).
     pub listeners: HashMap<SocketAddr, (usize, u16)>,
 }
 
 impl Outbound {
-    pub fn new(instance: Arc<Instance>, forwarder: Forwarder, snapshot: Shared) -> Outbound {
+    pub fn new(instance: Arc<Instance>, forwarder: Forwarder, snapshot: Shared, workers: usize) -> Outbound {
         let mut listeners = HashMap::new();
         for u in &instance.upstreams {
             for (port, addr) in &u.ports {
                 listeners.insert(*addr, (u.service, *port));
             }
         }
-        Outbound { instance, forwarder, snapshot, passthrough: Pools::new(), listeners }
+        Outbound { instance, forwarder, snapshot, passthrough: PerWorker::new(workers, Pools::new), listeners }
     }
 
     /// The HTTP proxy listener (`HTTP_PROXY`).
-    pub async fn run_proxy(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    pub async fn run_proxy(self: Arc<Self>, listener: TcpListener, stop: CancellationToken, workers: Arc<Workers>) {
         let this = self.clone();
-        listen::accept_loop(listener, stop, move |stream, _| {
+        listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
-            tokio::spawn(async move {
-                let handler = this.clone();
+            workers.connection(stream, peer, move |stream, _| async move {
                 listen::serve_http(stream, HttpMode::Auto, move |req| {
-                    let this = handler.clone();
+                    let this = this.clone();
                     async move { this.proxy_request(req).await }
                 })
                 .await;
@@ -77,11 +77,16 @@ impl Outbound {
         service: usize,
         port: u16,
         stop: CancellationToken,
+        workers: Arc<Workers>,
     ) {
         let this = self.clone();
-        listen::accept_loop(listener, stop, move |stream, _| {
+        listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
-            tokio::spawn(async move { this.upstream_connection(stream, service, port).await });
+            workers.connection(
+                stream,
+                peer,
+                move |s, _| async move { this.upstream_connection(s, service, port).await },
+            );
         })
         .await;
     }
@@ -191,7 +196,7 @@ impl Outbound {
             headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
         let target = Target { addr, version, mtls: None };
         let start = Instant::now();
-        match self.passthrough.send(&target, upstream).await {
+        match self.passthrough.get().send(&target, upstream).await {
             Ok(mut r) => {
                 headers::strip_hop_by_hop(r.headers_mut());
                 let ms = start.elapsed().as_millis() as u64;
@@ -301,6 +306,9 @@ impl Outbound {
 async fn resolve_addr(authority: &str, default_port: u16) -> Result<SocketAddr, ProxyError> {
     let (host, port) = split_authority(authority);
     let port = port.unwrap_or(default_port);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
     let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port))).await;
     match lookup {
         Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| ProxyError::ConnectFailed(format!("no address for {host}"))),

@@ -47,6 +47,14 @@ impl Endpoint {
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     pub key: ClusterKey,
+    /// `outbound|9080|v1|reviews.default.svc.cluster.local`, and the host and subset, shared
+    /// by every request's record instead of formatted per request.
+    #[serde(skip)]
+    pub name: Arc<str>,
+    #[serde(skip)]
+    pub host: Arc<str>,
+    #[serde(skip)]
+    pub subset: Option<Arc<str>>,
     /// The mesh service, when the host is one.
     pub service: Option<usize>,
     pub protocol: Protocol,
@@ -57,11 +65,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(key: ClusterKey, service: Option<usize>, protocol: Protocol, endpoints: Vec<Endpoint>) -> Self {
-        Cluster { key, service, protocol, endpoints, next: AtomicUsize::new(0) }
-    }
-
-    pub fn name(&self) -> String {
-        self.key.to_string()
+        Cluster {
+            name: Arc::from(key.to_string()),
+            host: Arc::from(key.host.as_str()),
+            subset: key.subset.as_deref().map(Arc::from),
+            key,
+            service,
+            protocol,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Round robin over the ready endpoints (Envoy's ROUND_ROBIN over healthy hosts): each
@@ -87,7 +100,7 @@ pub(crate) mod tests {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let i = Instance {
             name: name.into(),
-            workload: name.into(),
+            workload: std::sync::Arc::from(name),
             service: 0,
             service_name: "svc".into(),
             namespace: "default".into(),

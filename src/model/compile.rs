@@ -54,14 +54,14 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
             let table = if bound.is_empty() {
                 let cluster = c.cluster(&svc.fqdn, None, port.port);
                 RouteTable {
-                    routes: vec![Route {
-                        origin: RouteOrigin { virtual_service: String::new(), index: 0, name: Some("default".into()) },
-                        matches: vec![],
-                        action: Action::Route {
+                    routes: vec![Route::new(
+                        RouteOrigin { virtual_service: String::new(), index: 0, name: Some("default".into()) },
+                        vec![],
+                        Action::Route {
                             destinations: vec![WeightedCluster { cluster, weight: 100 }],
                             total_weight: 100,
                         },
-                    }],
+                    )],
                 }
             } else {
                 let mut routes = Vec::new();
@@ -297,11 +297,11 @@ impl Compiler<'_> {
                 continue;
             };
             let matches = r.matches.iter().map(|m| compile_match(m, ns)).collect();
-            out.push(Route {
-                origin: RouteOrigin { virtual_service: vs_name.clone(), index, name: r.name.clone() },
+            out.push(Route::new(
+                RouteOrigin { virtual_service: vs_name.clone(), index, name: r.name.clone() },
                 matches,
                 action,
-            });
+            ));
         }
         out
     }

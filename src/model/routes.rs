@@ -220,7 +220,7 @@ pub struct WeightedCluster {
 }
 
 fn ser_cluster<S: serde::Serializer>(c: &Arc<Cluster>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&c.name())
+    s.serialize_str(&c.name)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -241,6 +241,9 @@ pub struct RouteOrigin {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Route {
+    /// `namespace/vs#name` or `namespace/vs#index` (access logs).
+    #[serde(skip)]
+    pub name: Arc<str>,
     pub origin: RouteOrigin,
     /// OR-ed; empty matches every request.
     #[serde(rename = "match")]
@@ -248,7 +251,21 @@ pub struct Route {
     pub action: Action,
 }
 
+impl RouteOrigin {
+    pub fn display_name(&self) -> String {
+        match (&self.name, self.virtual_service.is_empty()) {
+            (Some(n), true) => n.clone(),
+            (Some(n), false) => format!("{}#{}", self.virtual_service, n),
+            (None, _) => format!("{}#{}", self.virtual_service, self.index),
+        }
+    }
+}
+
 impl Route {
+    pub fn new(origin: RouteOrigin, matches: Vec<RequestMatch>, action: Action) -> Route {
+        Route { name: Arc::from(origin.display_name()), origin, matches, action }
+    }
+
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
@@ -411,10 +428,12 @@ mod tests {
     fn first_matching_route_wins_and_entries_are_ored() {
         let h = hm(&[("end-user", "jason")]);
         let l = BTreeMap::new();
-        let route = |matches: Vec<RequestMatch>, host: &str| Route {
-            origin: RouteOrigin { virtual_service: "default/reviews".into(), index: 0, name: None },
-            matches,
-            action: Action::Route { destinations: vec![wc(host, 100)], total_weight: 100 },
+        let route = |matches: Vec<RequestMatch>, host: &str| {
+            Route::new(
+                RouteOrigin { virtual_service: "default/reviews".into(), index: 0, name: None },
+                matches,
+                Action::Route { destinations: vec![wc(host, 100)], total_weight: 100 },
+            )
         };
         let table = RouteTable {
             routes: vec![

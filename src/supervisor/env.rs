@@ -57,7 +57,7 @@ pub fn build(instance: &Instance, topology: &Topology) -> Vec<(String, String)> 
     set("POD_NAMESPACE", instance.namespace.clone());
     set("SERVICE_ACCOUNT", instance.service_account.clone());
     set("DEVMESH_SERVICE", instance.service_name.clone());
-    set("DEVMESH_WORKLOAD", instance.workload.clone());
+    set("DEVMESH_WORKLOAD", instance.workload.to_string());
     for (k, v) in &instance.def.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
@@ -96,7 +96,7 @@ mod tests {
         };
         let instance = Instance {
             name: "productpage-v1".into(),
-            workload: "productpage-v1".into(),
+            workload: Arc::from("productpage-v1"),
             service: 0,
             service_name: "productpage".into(),
             namespace: "default".into(),

@@ -3,10 +3,13 @@
 
 pub mod access_log;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -18,6 +21,8 @@ pub enum Reporter {
     Destination,
 }
 
+/// One request as one proxy saw it. Built on the hot path without copying text: header
+/// values, the path and names from the compiled snapshot are shared, not allocated.
 #[derive(Clone, Debug, Serialize)]
 pub struct RequestEvent {
     #[serde(serialize_with = "ser_time")]
@@ -29,13 +34,16 @@ pub struct RequestEvent {
     pub source_principal: Option<Arc<str>>,
     pub destination_service: Arc<str>,
     pub destination_workload: Option<Arc<str>>,
-    pub upstream_cluster: Option<String>,
-    pub upstream_host: Option<String>,
-    pub route_name: Option<String>,
-    pub subset: Option<String>,
-    pub method: String,
-    pub authority: String,
-    pub path: String,
+    pub upstream_cluster: Option<Arc<str>>,
+    pub upstream_host: Option<SocketAddr>,
+    pub route_name: Option<Arc<str>>,
+    pub subset: Option<Arc<str>>,
+    #[serde(serialize_with = "ser_display")]
+    pub method: Method,
+    #[serde(serialize_with = "ser_header")]
+    pub authority: HeaderValue,
+    #[serde(serialize_with = "ser_display")]
+    pub path: PathAndQuery,
     pub protocol: &'static str,
     pub status: u16,
     pub response_flags: &'static str,
@@ -44,13 +52,37 @@ pub struct RequestEvent {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub attempts: u32,
-    pub request_id: String,
-    pub user_agent: String,
+    #[serde(serialize_with = "ser_header")]
+    pub request_id: HeaderValue,
+    #[serde(serialize_with = "ser_opt_header")]
+    pub user_agent: Option<HeaderValue>,
     pub mtls: bool,
+}
+
+impl RequestEvent {
+    /// A header value as text (`-` when it is not valid UTF-8).
+    pub fn text(v: &HeaderValue) -> &str {
+        v.to_str().unwrap_or("-")
+    }
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&access_log::rfc3339(*t))
+}
+
+fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_header<S: serde::Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(RequestEvent::text(v))
+}
+
+fn ser_opt_header<S: serde::Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(RequestEvent::text(v)),
+        None => s.serialize_none(),
+    }
 }
 
 /// The hot-path handle: `record` never waits.
