@@ -19,7 +19,7 @@ use super::workers::PerWorker;
 use crate::identity::tls::WorkloadTls;
 use crate::model::cluster::Cluster;
 use crate::model::routes::{self, Action, RequestView, Route, RouteTable};
-use crate::telemetry::{Reporter, RequestEvent, Telemetry};
+use crate::telemetry::{Reporter, RequestEvent, Telemetry, Texts};
 
 /// A proxy that sends requests into the mesh.
 pub struct Forwarder {
@@ -67,7 +67,7 @@ impl Forwarder {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut event = self.event(&parts, path.clone(), routing.authority, request_id, routing.service);
+        let mut event = self.event(&parts, &path, routing.authority, &request_id, routing.service);
 
         // Route.
         let view = RequestView {
@@ -167,9 +167,9 @@ impl Forwarder {
     fn event(
         &self,
         parts: &http::request::Parts,
-        path: PathAndQuery,
+        path: &PathAndQuery,
         authority: &str,
-        request_id: HeaderValue,
+        request_id: &HeaderValue,
         service: &str,
     ) -> RequestEvent {
         RequestEvent {
@@ -185,8 +185,12 @@ impl Forwarder {
             route_name: None,
             subset: None,
             method: parts.method.clone(),
-            authority: authority_value(parts, authority),
-            path,
+            texts: Texts::new(
+                path.as_str(),
+                Some(&authority_value(parts, authority)),
+                Some(request_id),
+                parts.headers.get(header::USER_AGENT),
+            ),
             protocol: protocol_name(parts.version),
             status: 0,
             response_flags: "",
@@ -195,8 +199,6 @@ impl Forwarder {
             bytes_sent: 0,
             bytes_received: content_length(&parts.headers),
             attempts: 0,
-            request_id,
-            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             mtls: false,
         }
     }

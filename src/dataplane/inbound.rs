@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +24,7 @@ use super::pool::{self, Pools, Target, Version};
 use super::workers::{PerWorker, Workers};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
 use crate::model::topology::{Instance, InstancePort};
-use crate::telemetry::{Reporter, RequestEvent, Telemetry};
+use crate::telemetry::{Reporter, RequestEvent, Telemetry, Texts};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -207,8 +206,12 @@ impl Inbound {
             route_name: None,
             subset: None,
             method: parts.method.clone(),
-            authority: authority.clone(),
-            path: parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+            texts: Texts::new(
+                parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                Some(&authority),
+                Some(&request_id),
+                parts.headers.get(header::USER_AGENT),
+            ),
             protocol: protocol_name(parts.version),
             status: 0,
             response_flags: "",
@@ -217,8 +220,6 @@ impl Inbound {
             bytes_sent: 0,
             bytes_received: content_length(&parts.headers),
             attempts: 1,
-            request_id,
-            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             mtls: peer.tls.is_some(),
         };
         let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };

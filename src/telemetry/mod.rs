@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -21,8 +20,9 @@ pub enum Reporter {
     Destination,
 }
 
-/// One request as one proxy saw it. Built on the hot path without copying text: header
-/// values, the path and names from the compiled snapshot are shared, not allocated.
+/// One request as one proxy saw it. Names come from the compiled snapshot (shared); the
+/// request's own texts are copied into one small allocation ([`Texts`]), because header values
+/// shared with hyper would keep whole connection read buffers alive while records queue.
 #[derive(Clone, Debug, Serialize)]
 pub struct RequestEvent {
     #[serde(serialize_with = "ser_time")]
@@ -40,10 +40,8 @@ pub struct RequestEvent {
     pub subset: Option<Arc<str>>,
     #[serde(serialize_with = "ser_display")]
     pub method: Method,
-    #[serde(serialize_with = "ser_header")]
-    pub authority: HeaderValue,
-    #[serde(serialize_with = "ser_display")]
-    pub path: PathAndQuery,
+    #[serde(flatten)]
+    pub texts: Texts,
     pub protocol: &'static str,
     pub status: u16,
     pub response_flags: &'static str,
@@ -52,17 +50,68 @@ pub struct RequestEvent {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub attempts: u32,
-    #[serde(serialize_with = "ser_header")]
-    pub request_id: HeaderValue,
-    #[serde(serialize_with = "ser_opt_header")]
-    pub user_agent: Option<HeaderValue>,
     pub mtls: bool,
 }
 
-impl RequestEvent {
-    /// A header value as text (`-` when it is not valid UTF-8).
-    pub fn text(v: &HeaderValue) -> &str {
-        v.to_str().unwrap_or("-")
+/// The texts of a request (path, authority, request id, user agent) in one allocation.
+#[derive(Clone, Debug)]
+pub struct Texts {
+    buf: Box<str>,
+    ends: [u32; 3],
+}
+
+fn header_text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+impl Texts {
+    pub fn new(
+        path: &str,
+        authority: Option<&HeaderValue>,
+        request_id: Option<&HeaderValue>,
+        user_agent: Option<&HeaderValue>,
+    ) -> Texts {
+        let parts = [path, header_text(authority), header_text(request_id), header_text(user_agent)];
+        let mut buf = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 3];
+        for (i, p) in parts.iter().enumerate() {
+            buf.push_str(p);
+            if i < 3 {
+                ends[i] = buf.len() as u32;
+            }
+        }
+        Texts { buf: buf.into_boxed_str(), ends }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let end = if i < 3 { self.ends[i] as usize } else { self.buf.len() };
+        self.buf.get(start..end).unwrap_or("")
+    }
+
+    pub fn path(&self) -> &str {
+        self.part(0)
+    }
+    pub fn authority(&self) -> &str {
+        self.part(1)
+    }
+    pub fn request_id(&self) -> &str {
+        self.part(2)
+    }
+    pub fn user_agent(&self) -> &str {
+        self.part(3)
+    }
+}
+
+impl Serialize for Texts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("path", self.path())?;
+        m.serialize_entry("authority", self.authority())?;
+        m.serialize_entry("request_id", self.request_id())?;
+        m.serialize_entry("user_agent", self.user_agent())?;
+        m.end()
     }
 }
 
@@ -72,17 +121,6 @@ fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
 
 fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
-}
-
-fn ser_header<S: serde::Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(RequestEvent::text(v))
-}
-
-fn ser_opt_header<S: serde::Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.serialize_some(RequestEvent::text(v)),
-        None => s.serialize_none(),
-    }
 }
 
 /// The hot-path handle: `record` never waits.
@@ -107,5 +145,25 @@ impl Telemetry {
     /// Events dropped because the writer fell behind (the hot path never waits).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_hold_the_four_strings_in_one_allocation() {
+        let host = HeaderValue::from_static("reviews:9080");
+        let id = HeaderValue::from_static("abc");
+        let t = Texts::new("/reviews/0?x=1", Some(&host), Some(&id), None);
+        assert_eq!(
+            (t.path(), t.authority(), t.request_id(), t.user_agent()),
+            ("/reviews/0?x=1", "reviews:9080", "abc", "")
+        );
+        let empty = Texts::new("", None, None, None);
+        assert_eq!(empty.path(), "");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["authority"], "reviews:9080");
     }
 }
