@@ -119,7 +119,7 @@ impl Devmesh {
     }
 
     fn addr(&self, who: &str) -> SocketAddr {
-        let line = self.wait_line(&format!("{who}"));
+        let line = self.wait_line(who);
         line.split("http://")
             .nth(1)
             .and_then(|a| a.trim().parse().ok())
