@@ -160,7 +160,7 @@ impl Forwarder {
         event.upstream_service_time_ms = Some(upstream_ms);
         event.mtls = true;
         headers::strip_hop_by_hop(resp.headers_mut());
-        resp.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(upstream_ms));
+        resp.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(upstream_ms));
         Ok(resp)
     }
 

@@ -54,7 +54,7 @@ impl Gateway {
     }
 
     async fn request(&self, server_port: u16, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let Some(authority) = headers::authority(&req) else {
+        let Some(authority) = headers::authority(&req).map(|a| a.as_str().to_string()) else {
             return ProxyError::BadRequest("missing Host").response();
         };
         edge_headers(req.headers_mut(), peer);

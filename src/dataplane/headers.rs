@@ -100,12 +100,38 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     id
 }
 
-/// The authority a request is for: the URI's (absolute form, HTTP/2) or the `Host` header.
-pub fn authority(req: &Request<hyper::body::Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+/// The authority a request is for, borrowed from the request (no copy).
+#[derive(Clone)]
+pub enum Authority {
+    Uri(http::uri::Authority),
+    Host(HeaderValue),
+}
+
+impl Authority {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Authority::Uri(a) => a.as_str(),
+            Authority::Host(h) => h.to_str().unwrap_or(""),
+        }
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+/// The authority a request is for: the URI's (absolute form, HTTP/2) or the `Host` header.
+pub fn authority(req: &Request<hyper::body::Incoming>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(Authority::Uri(a.clone()));
+    }
+    req.headers().get(header::HOST).filter(|h| h.to_str().is_ok()).map(|h| Authority::Host(h.clone()))
+}
+
+/// `x-envoy-upstream-service-time` for `ms`, from a table for the common values.
+pub fn service_time(ms: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..1000u64).map(HeaderValue::from).collect());
+    match SMALL.get(ms as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(ms),
+    }
 }
 
 /// Rewrites a request for an upstream of `version`: origin-form URI and `Host` for

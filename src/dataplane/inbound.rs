@@ -236,7 +236,7 @@ impl Inbound {
                 let ms = sent.elapsed().as_millis() as u64;
                 event.upstream_service_time_ms = Some(ms);
                 headers::strip_hop_by_hop(r.headers_mut());
-                r.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+                r.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(ms));
                 r
             }
             Err(e) => {

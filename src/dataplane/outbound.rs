@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -120,8 +119,8 @@ impl Outbound {
         listen::serve_http(io, HttpMode::Auto, move |req| {
             let this = this.clone();
             async move {
-                let authority = headers::authority(&req).unwrap_or_default();
-                this.http(req, &authority, Some((service, port))).await
+                let authority = headers::authority(&req);
+                this.http(req, authority.as_ref().map_or("", |a| a.as_str()), Some((service, port))).await
             }
         })
         .await;
@@ -132,7 +131,7 @@ impl Outbound {
             return self.connect(req).await;
         }
         match headers::authority(&req) {
-            Some(a) => self.http(req, &a, None).await,
+            Some(a) => self.http(req, a.as_str(), None).await,
             None => ProxyError::BadRequest("missing Host").response(),
         }
     }
@@ -200,7 +199,7 @@ impl Outbound {
             Ok(mut r) => {
                 headers::strip_hop_by_hop(r.headers_mut());
                 let ms = start.elapsed().as_millis() as u64;
-                r.headers_mut().insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+                r.headers_mut().insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(ms));
                 r
             }
             Err(e) => e.response(),
