@@ -213,6 +213,7 @@ fn tree(pid: u32) -> Vec<u32> {
 struct Run {
     rps: f64,
     p50_ms: f64,
+    p90_ms: f64,
     p99_ms: f64,
     requests: f64,
     errors: u64,
@@ -267,6 +268,8 @@ fn wrk(url: &str, conns: u32, secs: u64, script: Option<&Path>, watch: &[u32], t
             run.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = t.strip_prefix("50%") {
             run.p50_ms = parse_time_ms(v);
+        } else if let Some(v) = t.strip_prefix("90%") {
+            run.p90_ms = parse_time_ms(v);
         } else if let Some(v) = t.strip_prefix("99%") {
             run.p99_ms = parse_time_ms(v);
         } else if t.contains(" requests in ") {
@@ -299,6 +302,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = v.len();
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// RSS that one more idle workload (with its sidecar) adds: a mesh with one replica against one
+/// with 21, of a process that does nothing.
+fn per_sidecar_rss(devmesh: &Path, tmp: &Path) -> Option<f64> {
+    let mut rss = Vec::new();
+    for replicas in [1, 21] {
+        let dir = tmp.join(format!("idle-{replicas}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mesh = format!(
+            "gateways: {{}}\nservices:\n  idle:\n    ports: [{{name: http, port: 8000}}]\n    workloads:\n      - command: [sleep, \"600\"]\n        replicas: {replicas}\n        readiness: {{exec: [\"true\"]}}\n"
+        );
+        std::fs::write(dir.join("devmesh.yaml"), mesh).ok()?;
+        let d = Devmesh::start(devmesh, &dir.join("devmesh.yaml"), &dir.join("state"));
+        d.wait_line("all workloads ready");
+        std::thread::sleep(Duration::from_secs(2));
+        rss.push(rss_kb(&[d.pid()]) as f64);
+    }
+    Some((rss[1] - rss[0]) / 20.0 / 1024.0)
 }
 
 /// Time from `devmesh up` to the first 200 on `path` through the gateway, and idle RSS.
@@ -492,6 +514,29 @@ fn main() {
     }
     let idle_rss_kb = rss_kb(&[dpid]);
 
+    // Latency at a fixed ~1000 req/s (one connection, 1 ms between requests): Istio publishes
+    // its sidecar pair's added p90 at 1000 req/s.
+    let paced = tmp.join("paced.lua");
+    let _ = std::fs::write(&paced, "function delay() return 1 end\n");
+    let mut fixed_rate: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for _ in 0..o.rounds {
+        for t in targets.iter().filter(|t| matches!(t.name, "direct" | "devmesh sidecar pair (mTLS)" | "nginx 1-hop")) {
+            fixed_rate.entry(t.name).or_default().push(wrk(&t.url, 1, o.duration.min(5), Some(&paced), &[], tck));
+        }
+    }
+    let p90_at_1000 =
+        |name: &str| median(fixed_rate.get(name).map(|v| v.iter().map(|r| r.p90_ms).collect()).unwrap_or_default());
+    let rate_at_1000 =
+        |name: &str| median(fixed_rate.get(name).map(|v| v.iter().map(|r| r.rps).collect()).unwrap_or_default());
+    let fixed = json!({
+        "rate_rps": rate_at_1000("devmesh sidecar pair (mTLS)"),
+        "direct_p90_ms": p90_at_1000("direct"),
+        "sidecar_pair_p90_ms": p90_at_1000("devmesh sidecar pair (mTLS)"),
+        "nginx_p90_ms": p90_at_1000("nginx 1-hop"),
+        "sidecar_pair_added_p90_ms": p90_at_1000("devmesh sidecar pair (mTLS)") - p90_at_1000("direct"),
+        "nginx_added_p90_ms": p90_at_1000("nginx 1-hop") - p90_at_1000("direct"),
+    });
+
     let rounds_of = |name: &str| results.get(name).cloned().unwrap_or_default();
     let direct = rounds_of("direct");
     let nginx_r = rounds_of("nginx 1-hop");
@@ -540,6 +585,7 @@ fn main() {
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let demo = startup(&devmesh, &root.join("examples/demo"), "/get", &tmp);
+    let sidecar_rss = per_sidecar_rss(&devmesh, &tmp);
     let bookinfo = if o.bin_dir.join("bookinfo").exists() && !o.smoke {
         startup(&devmesh, &root.join("bookinfo"), "/productpage", &tmp)
     } else {
@@ -591,6 +637,19 @@ fn main() {
     println!("\nstartup, example mesh: {}", fmt_startup(&demo));
     println!("startup, bookinfo:     {}", fmt_startup(&bookinfo));
     println!("devmesh idle RSS after the load: {:.1} MiB", idle_rss_kb as f64 / 1024.0);
+    println!(
+        "each extra idle workload sidecar: {}",
+        sidecar_rss.map_or("not measured".to_string(), |m| format!("{:.3} MiB", m))
+    );
+    println!(
+        "at ~{:.0} req/s (1 connection, 1 ms pacing): p90 direct {:.3} ms, sidecar pair {:.3} ms (+{:.3}), nginx {:.3} ms (+{:.3})",
+        fixed["rate_rps"].as_f64().unwrap_or(0.0),
+        fixed["direct_p90_ms"].as_f64().unwrap_or(0.0),
+        fixed["sidecar_pair_p90_ms"].as_f64().unwrap_or(0.0),
+        fixed["sidecar_pair_added_p90_ms"].as_f64().unwrap_or(0.0),
+        fixed["nginx_p90_ms"].as_f64().unwrap_or(0.0),
+        fixed["nginx_added_p90_ms"].as_f64().unwrap_or(0.0),
+    );
 
     let report = json!({
         "rounds": o.rounds,
@@ -601,6 +660,8 @@ fn main() {
             "bookinfo": bookinfo.map(|(ms, kb)| json!({"first_200_ms": ms, "idle_rss_mib": kb as f64 / 1024.0})),
         },
         "devmesh_idle_rss_mib_after_load": idle_rss_kb as f64 / 1024.0,
+        "per_idle_sidecar_rss_mib": sidecar_rss,
+        "fixed_rate_1000": fixed,
     });
     let _ = std::fs::create_dir_all(&o.out);
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
