@@ -58,16 +58,23 @@ fn validate_checks_istio_yaml_and_a_mesh_with_its_config() {
     .unwrap();
     std::fs::write(
         dir.path().join("routes.yaml"),
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec: {host: reviews}\n",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v9}}]\n  - route: [{destination: {host: ratings}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {}\n",
     )
     .unwrap();
     let (code, _, err) = devmesh(&["validate", "."], dir.path());
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("routes.yaml:1:1: warning: DestinationRule default/reviews is stored but not honoured yet"),
-        "{err}"
-    );
-    assert!(err.contains("ok: devmesh.yaml (1 services, 1 workloads, 1 Istio resources)"), "{err}");
+    let expected = [
+        "routes.yaml:14:51: warning: subset v9 of reviews.default.svc.cluster.local is not defined by any DestinationRule",
+        "routes.yaml:15:5: warning: virtualService rule #1 not used (route without matches defined before)",
+        "routes.yaml:15:34: warning: host ratings.default.svc.cluster.local is neither a service of the mesh nor a ServiceEntry host",
+        "routes.yaml:17:1: warning: PeerAuthentication default/default is stored but not honoured yet",
+    ];
+    for e in expected {
+        assert!(err.contains(e), "missing {e:?} in\n{err}");
+    }
+    assert!(err.contains("ok: devmesh.yaml (1 services, 1 workloads, 3 Istio resources)"), "{err}");
 }
 
 #[test]

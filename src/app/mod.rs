@@ -106,7 +106,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     let workers = Arc::new(Workers::start(workers::default_count())?);
     let n = workers.count();
     let mut outbounds: Vec<Arc<Outbound>> = Vec::new();
-    for inst in &topology.instances {
+    for (index, inst) in topology.instances.iter().enumerate() {
         let tls = certs.identity(&inst.identity)?;
         let forwarder = Forwarder {
             proxy: Arc::from(inst.name.as_str()),
@@ -114,11 +114,11 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
             namespace: inst.namespace.clone(),
             labels: inst.labels.clone(),
             tls,
-            pools: PerWorker::new(n, Pools::new),
+            pools: PerWorker::new(n, || Arc::new(Pools::new())),
             telemetry: telemetry.clone(),
             gateway: false,
         };
-        outbounds.push(Arc::new(Outbound::new(inst.clone(), forwarder, snapshot.clone(), n)));
+        outbounds.push(Arc::new(Outbound::new(inst.clone(), index, forwarder, snapshot.clone())));
     }
     for (ii, pi, l) in listeners.inbound {
         let inst = topology.instances[ii].clone();
@@ -146,7 +146,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
             namespace: gw.namespace.clone(),
             labels: gw.labels.clone(),
             tls: certs.identity(&gw.identity)?,
-            pools: PerWorker::new(n, Pools::new),
+            pools: PerWorker::new(n, || Arc::new(Pools::new())),
             telemetry: telemetry.clone(),
             gateway: true,
         };

@@ -7,37 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
-
-/// Envoy response flags (the `%RESPONSE_FLAGS%` of access logs), named as Envoy names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(clippy::upper_case_acronyms)]
-pub enum Flag {
-    /// No healthy upstream host.
-    UH,
-    /// Upstream connection failure.
-    UF,
-    /// Upstream connection termination (reset after connect, before or during the response).
-    UC,
-    /// No route configured.
-    NR,
-    /// No cluster (the route's destination does not exist).
-    NC,
-    /// Downstream protocol error.
-    DPE,
-}
-
-impl Flag {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flag::UH => "UH",
-            Flag::UF => "UF",
-            Flag::UC => "UC",
-            Flag::NR => "NR",
-            Flag::NC => "NC",
-            Flag::DPE => "DPE",
-        }
-    }
-}
+use crate::telemetry::Flags;
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -48,6 +18,10 @@ pub enum ProxyError {
     ConnectFailed(String),
     /// Connected, but the upstream closed or reset before a complete response head.
     UpstreamReset(String),
+    /// The route timeout (or the last per-try timeout) passed before a response.
+    Timeout,
+    /// Fault injection aborted the request with this status.
+    FaultAbort(StatusCode),
     BadRequest(&'static str),
 }
 
@@ -56,18 +30,22 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::FaultAbort(s) => *s,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    pub fn flag(&self) -> Flag {
+    pub fn flag(&self) -> Flags {
         match self {
-            ProxyError::NoRoute => Flag::NR,
-            ProxyError::NoCluster => Flag::NC,
-            ProxyError::NoHealthyUpstream => Flag::UH,
-            ProxyError::ConnectFailed(_) => Flag::UF,
-            ProxyError::UpstreamReset(_) => Flag::UC,
-            ProxyError::BadRequest(_) => Flag::DPE,
+            ProxyError::NoRoute => Flags::NR,
+            ProxyError::NoCluster => Flags::NC,
+            ProxyError::NoHealthyUpstream => Flags::UH,
+            ProxyError::ConnectFailed(_) => Flags::UF,
+            ProxyError::UpstreamReset(_) => Flags::UC,
+            ProxyError::Timeout => Flags::UT,
+            ProxyError::FaultAbort(_) => Flags::FI,
+            ProxyError::BadRequest(_) => Flags::DPE,
         }
     }
 
@@ -84,6 +62,8 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
+            ProxyError::Timeout => "upstream request timeout".into(),
+            ProxyError::FaultAbort(_) => "fault filter abort".into(),
             ProxyError::BadRequest(what) => (*what).into(),
         }
     }
@@ -98,9 +78,9 @@ impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) => {
-                write!(f, "{} ({r})", self.flag().as_str())
+                write!(f, "{} ({r})", self.flag())
             }
-            _ => write!(f, "{} {}", self.status().as_u16(), self.flag().as_str()),
+            _ => write!(f, "{} {}", self.status().as_u16(), self.flag()),
         }
     }
 }
@@ -123,10 +103,15 @@ mod tests {
 
     #[test]
     fn envoy_statuses_flags_and_bodies() {
-        assert_eq!((ProxyError::NoRoute.status(), ProxyError::NoRoute.flag()), (StatusCode::NOT_FOUND, Flag::NR));
+        assert_eq!((ProxyError::NoRoute.status(), ProxyError::NoRoute.flag()), (StatusCode::NOT_FOUND, Flags::NR));
+        assert_eq!(
+            (ProxyError::Timeout.status(), ProxyError::Timeout.body()),
+            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into())
+        );
+        assert_eq!(ProxyError::FaultAbort(StatusCode::INTERNAL_SERVER_ERROR).body(), "fault filter abort");
         assert_eq!(ProxyError::NoHealthyUpstream.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ProxyError::NoHealthyUpstream.body(), "no healthy upstream");
-        assert_eq!(ProxyError::ConnectFailed("x".into()).flag().as_str(), "UF");
+        assert_eq!(ProxyError::ConnectFailed("x".into()).flag().to_string(), "UF");
         assert!(
             ProxyError::ConnectFailed("delayed connect error: 111".into()).body().starts_with("upstream connect error")
         );

@@ -1,25 +1,38 @@
 //! Forwarding into the mesh, shared by a sidecar's outbound side and the gateways, in named
-//! phases: route → destination (weighted) → endpoint (load balancer) → attempt over mTLS →
-//! respond → record. Failures are answered as Envoy does.
+//! phases as Envoy's filter chain runs them: route → CORS → fault → action (direct response,
+//! redirect or forward) → destination (weighted) → attempts (load balancer, per-try timeout,
+//! retries with back-off, route timeout) → respond → record. Failures answer as Envoy does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version as HttpVersion};
+use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO};
 use super::pool::{Pools, Target, Version};
+use super::resolve;
 use super::workers::PerWorker;
 use crate::identity::tls::WorkloadTls;
-use crate::model::cluster::Cluster;
-use crate::model::routes::{self, Action, RequestView, Route, RouteTable};
-use crate::telemetry::{Reporter, RequestEvent, Telemetry, Texts};
+use crate::model::cluster::{Active, Address, Cluster, Endpoint, HashInput, Transport};
+use crate::model::lb::{Lb, fnv1a};
+use crate::model::policy::{Abort, AttemptFailure, Cors, Mirror};
+use crate::model::routes::{self, Action, Forward, RequestView, Route, RouteTable};
+use crate::model::snapshot::MeshSnapshot;
+use crate::telemetry::{Flags, Reporter, RequestEvent, Telemetry, Texts};
+
+/// Request bodies up to this size are buffered so retries and mirrors can replay them
+/// (Envoy's default buffer limit); larger or unsized bodies stream and are not retried.
+const MAX_REPLAY_BODY: u64 = 1024 * 1024;
 
 /// A proxy that sends requests into the mesh.
 pub struct Forwarder {
@@ -30,7 +43,7 @@ pub struct Forwarder {
     pub labels: BTreeMap<String, String>,
     pub tls: Arc<WorkloadTls>,
     /// Upstream connections, per worker.
-    pub pools: PerWorker<Pools>,
+    pub pools: PerWorker<Arc<Pools>>,
     pub telemetry: Telemetry,
     /// Gateways set `server: istio-envoy` and are the edge for `x-forwarded-*`.
     pub gateway: bool,
@@ -38,6 +51,7 @@ pub struct Forwarder {
 
 /// Where a request is headed, as resolved by the listener that received it.
 pub struct Routing<'a> {
+    pub snapshot: &'a MeshSnapshot,
     pub table: &'a RouteTable,
     pub authority: &'a str,
     /// Service port (sidecar) or gateway server port.
@@ -46,6 +60,9 @@ pub struct Routing<'a> {
     pub gateway: Option<&'a str>,
     /// For the record when no route matches.
     pub service: &'a str,
+    /// What `useSourceIp` hashes: the client address at a gateway, the workload instance in
+    /// a sidecar (every instance shares 127.0.0.1).
+    pub source: &'a str,
 }
 
 pub fn protocol_name(v: HttpVersion) -> &'static str {
@@ -54,6 +71,39 @@ pub fn protocol_name(v: HttpVersion) -> &'static str {
         HttpVersion::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     }
+}
+
+/// A request body as the attempts see it.
+enum Replay {
+    Empty,
+    Buffered(Bytes),
+    /// Streams once: the request gets one attempt.
+    Stream(Option<Incoming>),
+}
+
+impl Replay {
+    fn replayable(&self) -> bool {
+        !matches!(self, Replay::Stream(_))
+    }
+
+    fn body(&mut self) -> Body {
+        match self {
+            Replay::Empty => Body::Empty,
+            Replay::Buffered(b) => Body::full(b.clone()),
+            Replay::Stream(s) => s.take().map_or(Body::Empty, Body::Incoming),
+        }
+    }
+}
+
+/// What the forward phase leaves for the record.
+#[derive(Default)]
+struct Extra {
+    /// A LEAST_REQUEST endpoint stays counted until the response body ends.
+    active: Option<Active>,
+}
+
+fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
 impl Forwarder {
@@ -68,8 +118,48 @@ impl Forwarder {
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut event = self.event(&parts, &path, routing.authority, &request_id, routing.service);
+        let mut extra = Extra::default();
 
-        // Route.
+        let result = self.handle(&routing, parts, body, &path, &mut event, &mut extra).await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                event.response_flags.add(e.flag());
+                let mut r = e.response();
+                r.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+                r
+            }
+        };
+        if self.gateway {
+            resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+        }
+        if let Some(down) = upgrade
+            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            splice_upgrade(down, &mut resp);
+        }
+        event.status = resp.status().as_u16();
+        let telemetry = self.telemetry.clone();
+        let active = extra.active.take();
+        resp.body_mut().on_end(move |o| {
+            drop(active);
+            event.bytes_sent = o.bytes;
+            event.duration_ms = start.elapsed().as_millis() as u64;
+            telemetry.record(event);
+        });
+        resp
+    }
+
+    /// Route, CORS, fault and action phases.
+    async fn handle(
+        &self,
+        routing: &Routing<'_>,
+        parts: Parts,
+        body: Incoming,
+        path: &PathAndQuery,
+        event: &mut RequestEvent,
+        extra: &mut Extra,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let view = RequestView {
             method: parts.method.as_str(),
             scheme: "http",
@@ -81,92 +171,402 @@ impl Forwarder {
             source_namespace: &self.namespace,
             gateway: routing.gateway,
         };
-        let result = match routes::find(routing.table, &view) {
-            None => Err(ProxyError::NoRoute),
-            Some(route) => {
-                event.route_name = Some(route.name.clone());
-                match self.destination(route) {
-                    Err(e) => Err(e),
-                    Ok(cluster) => {
-                        event.upstream_cluster = Some(cluster.name.clone());
-                        event.subset = cluster.subset.clone();
-                        event.destination_service = cluster.host.clone();
-                        self.attempt(&cluster, parts, body, routing.authority, &mut event).await
+        let Some((route, matched)) = routes::find(routing.table, &view) else {
+            return Err(ProxyError::NoRoute);
+        };
+        event.route_name = Some(route.name.clone());
+        let matched_prefix = matched.and_then(|m| m.matched_prefix());
+
+        // CORS: preflights are answered here; other requests get the headers on the way back.
+        let mut cors_origin: Option<(&Cors, HeaderValue)> = None;
+        if let (Some(cors), Some(origin)) = (&route.cors, parts.headers.get(header::ORIGIN)) {
+            let allowed = origin.to_str().is_ok_and(|o| cors.allows(o));
+            let preflight =
+                parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            if preflight && allowed {
+                return Ok(preflight_response(cors, origin.clone()));
+            }
+            if preflight && !cors.forward_unmatched_preflights {
+                return Ok(local(StatusCode::OK, Bytes::new()));
+            }
+            if allowed {
+                cors_origin = Some((cors, origin.clone()));
+            }
+        }
+
+        if let Some(fault) = &route.fault {
+            if let Some((delay, pct)) = fault.delay
+                && roll(pct)
+            {
+                event.response_flags.add(Flags::DI);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((abort, pct)) = fault.abort
+                && roll(pct)
+            {
+                return match abort {
+                    Abort::Http(code) => Err(ProxyError::FaultAbort(
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    )),
+                    Abort::Grpc(code) => {
+                        event.response_flags.add(Flags::FI);
+                        Ok(grpc_abort(code))
                     }
+                };
+            }
+        }
+
+        let mut resp = match &route.action {
+            Action::DirectResponse { status, body } => {
+                local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone())
+            }
+            Action::Redirect(r) => {
+                let location = r.location("http", routing.authority, path.as_str(), matched_prefix);
+                let mut resp =
+                    local(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
                 }
+                resp
+            }
+            Action::Route(fwd) => {
+                self.send(routing, route, fwd, matched_prefix, parts, body, path, event, extra).await?
             }
         };
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                event.response_flags = e.flag().as_str();
-                let mut r = e.response();
-                r.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
-                r
+        route.headers.response.apply(resp.headers_mut());
+        if let Some((cors, origin)) = cors_origin {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if cors.allow_credentials {
+                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
             }
-        };
-        if self.gateway {
-            resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+            if let Some(v) = cors.expose_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+            }
         }
-        if let Some(down) = upgrade
-            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-        {
-            splice_upgrade(down, &mut resp);
-        }
-        event.status = resp.status().as_u16();
-        let telemetry = self.telemetry.clone();
-        resp.body_mut().on_end(move |o| {
-            event.bytes_sent = o.bytes;
-            event.duration_ms = start.elapsed().as_millis() as u64;
-            telemetry.record(event);
-        });
-        resp
+        Ok(resp)
     }
 
-    /// Destination phase: the weighted pick among the route's clusters.
-    fn destination(&self, route: &Route) -> Result<Arc<Cluster>, ProxyError> {
-        let Action::Route { destinations, total_weight } = &route.action;
-        let r = if *total_weight > 0 { fastrand::u32(0..*total_weight) } else { 0 };
-        routes::pick_weighted(destinations, r).map(|d| d.cluster.clone()).ok_or(ProxyError::NoRoute)
-    }
-
-    /// Endpoint + attempt phases.
-    async fn attempt(
+    /// Destination and attempt phases of a forwarding route.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
         &self,
-        cluster: &Cluster,
-        mut parts: http::request::Parts,
+        routing: &Routing<'_>,
+        route: &Route,
+        fwd: &Forward,
+        matched_prefix: Option<&str>,
+        mut parts: Parts,
         body: Incoming,
-        authority: &str,
+        path: &PathAndQuery,
         event: &mut RequestEvent,
+        extra: &mut Extra,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Some(endpoint) = cluster.pick() else {
-            return Err(if cluster.service.is_none() { ProxyError::NoCluster } else { ProxyError::NoHealthyUpstream });
+        let r = if fwd.total_weight > 0 { fastrand::u32(0..fwd.total_weight) } else { 0 };
+        let dest = routes::pick_weighted(&fwd.destinations, r).ok_or(ProxyError::NoRoute)?;
+        let cluster = &dest.cluster;
+        event.upstream_cluster = Some(cluster.name.clone());
+        event.subset = cluster.subset.clone();
+        if cluster.service.is_some() {
+            event.destination_service = cluster.host.clone();
+        }
+        if cluster.missing_subset || (cluster.service.is_none() && cluster.endpoints.is_empty()) {
+            return Err(ProxyError::NoCluster);
+        }
+
+        // Request rewriting: header operations (route, then destination), then rewrite.
+        route.headers.request.apply(&mut parts.headers);
+        dest.headers.request.apply(&mut parts.headers);
+        let mut authority: std::borrow::Cow<'_, str> = std::borrow::Cow::Borrowed(routing.authority);
+        if let Some(rw) = &fwd.rewrite {
+            if let Some(new_path) = rw.path(path.as_str(), matched_prefix)
+                && let Ok(pq) = PathAndQuery::try_from(new_path)
+            {
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.path_and_query = Some(pq);
+                parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+            }
+            if let Some(a) = &rw.authority {
+                parts.headers.insert(header::HOST, a.clone());
+                authority = std::borrow::Cow::Owned(a.to_str().unwrap_or_default().to_string());
+            }
+        }
+
+        let (hash, set_cookie) = match cluster.hash_input(&parts.headers, path.query(), routing.source) {
+            HashInput::None => (None, None),
+            HashInput::Hash(h) => (Some(h), None),
+            HashInput::SetCookie { name, path, ttl } => {
+                let value = format!("{:016x}", fastrand::u64(..));
+                let mut cookie = format!("{name}=\"{value}\"");
+                if !ttl.is_zero() {
+                    cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                }
+                if let Some(p) = path {
+                    cookie.push_str(&format!("; Path={p}"));
+                }
+                cookie.push_str("; HttpOnly");
+                (Some(fnv1a(value.as_bytes())), HeaderValue::from_str(&cookie).ok())
+            }
         };
-        event.upstream_host = Some(endpoint.addr);
-        event.destination_workload = Some(endpoint.instance.workload.clone());
-        event.attempts = 1;
+
+        let retry = &fwd.retry;
+        let mut replay = if body.is_end_stream() {
+            Replay::Empty
+        } else if (retry.attempts > 0 || !fwd.mirrors.is_empty())
+            && content_length(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
+        {
+            let limited = http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize);
+            match limited.collect().await {
+                Ok(c) => Replay::Buffered(c.to_bytes()),
+                Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
+            }
+        } else {
+            Replay::Stream(Some(body))
+        };
+
+        for m in &fwd.mirrors {
+            if roll(m.percent) && replay.replayable() {
+                self.mirror(m, &parts, &mut replay, &authority);
+            }
+        }
+
         let version = if parts.version == HttpVersion::HTTP_2 || cluster.protocol.app_speaks_h2() {
             Version::H2
         } else {
             Version::H1
         };
-        parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
-        let req = headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
-        let target =
-            Target { addr: endpoint.addr, version, mtls: Some((self.tls.clone(), endpoint.instance.identity.clone())) };
-        let sent = Instant::now();
-        let mut resp = self.pools.get().send(&target, req).await?;
-        let upstream_ms = sent.elapsed().as_millis() as u64;
-        event.upstream_service_time_ms = Some(upstream_ms);
-        event.mtls = true;
-        headers::strip_hop_by_hop(resp.headers_mut());
-        resp.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(upstream_ms));
-        Ok(resp)
+        let max_attempts = 1 + if replay.replayable() { retry.attempts } else { 0 };
+        let deadline = fwd.timeout.map(|t| Instant::now() + t);
+        let mut tried = [usize::MAX; 8];
+        let mut attempt: u32 = 0;
+        let mut parts = Some(parts);
+        loop {
+            attempt += 1;
+            event.attempts = attempt;
+            let excluded = &tried[..(attempt as usize - 1).min(tried.len())];
+            let Some(ei) = cluster.pick(hash, excluded) else {
+                return Err(ProxyError::NoHealthyUpstream);
+            };
+            if let Some(slot) = tried.get_mut(attempt as usize - 1) {
+                *slot = ei;
+            }
+            let ep = &cluster.endpoints[ei];
+            event.destination_workload = ep.instance.as_ref().map(|i| i.workload.clone());
+            let last = attempt >= max_attempts;
+            let mut p = match (last, parts.as_ref()) {
+                (true, _) => parts.take().ok_or(ProxyError::BadRequest("request already sent"))?,
+                (false, Some(p)) => clone_parts(p),
+                (false, None) => return Err(ProxyError::BadRequest("request already sent")),
+            };
+            p.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
+            let target = match self.target(cluster, ep, version, &authority, routing.snapshot).await {
+                Ok(t) => t,
+                Err(e) => {
+                    if !last && retry.retriable_failure(AttemptFailure::ConnectFailure) {
+                        self.back_off(retry, attempt, deadline).await?;
+                        continue;
+                    }
+                    if attempt > 1 {
+                        event.response_flags.add(Flags::URX);
+                    }
+                    return Err(e);
+                }
+            };
+            event.upstream_host = Some(target.addr);
+            event.mtls = target.mtls.is_some();
+            let req = headers::to_upstream(Request::from_parts(p, replay.body()), version, &authority, "http");
+            let active = matches!(cluster.lb, Lb::LeastRequest).then(|| Active::start(cluster, ei));
+
+            let now = Instant::now();
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            let limit = match (retry.per_try_timeout, remaining) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let per_try_binding = retry.per_try_timeout.is_some_and(|pt| remaining.is_none_or(|r| pt < r));
+            let pools = self.pools.get();
+            let outcome = match limit {
+                None => pools.send(&target, req).await.map_err(Some),
+                Some(l) => match tokio::time::timeout(l, pools.send(&target, req)).await {
+                    Ok(r) => r.map_err(Some),
+                    Err(_) => Err(None),
+                },
+            };
+            match outcome {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    if retry.retriable_response(status, resp.headers()) {
+                        if !last {
+                            drop(resp);
+                            self.back_off(retry, attempt, deadline).await?;
+                            continue;
+                        }
+                        if attempt > 1 {
+                            event.response_flags.add(Flags::URX);
+                        }
+                    }
+                    let upstream_ms = now.elapsed().as_millis() as u64;
+                    event.upstream_service_time_ms = Some(upstream_ms);
+                    headers::strip_hop_by_hop(resp.headers_mut());
+                    let h = resp.headers_mut();
+                    h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(upstream_ms));
+                    dest.headers.response.apply(h);
+                    if let Some(c) = set_cookie {
+                        h.append(header::SET_COOKIE, c);
+                    }
+                    extra.active = active;
+                    return Ok(resp);
+                }
+                Err(None) if !per_try_binding => return Err(ProxyError::Timeout),
+                Err(failure) => {
+                    let (kind, err) = match failure {
+                        None => (AttemptFailure::PerTryTimeout, ProxyError::Timeout),
+                        Some(e @ ProxyError::ConnectFailed(_)) => (AttemptFailure::ConnectFailure, e),
+                        Some(ProxyError::UpstreamReset(m)) if m.contains("refused stream") => {
+                            (AttemptFailure::RefusedStream, ProxyError::UpstreamReset(m))
+                        }
+                        Some(e) => (AttemptFailure::Reset, e),
+                    };
+                    let retriable = retry.retriable_failure(kind);
+                    if !last && retriable {
+                        self.back_off(retry, attempt, deadline).await?;
+                        continue;
+                    }
+                    if attempt > 1 && retriable {
+                        event.response_flags.add(Flags::URX);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Waits before retry `attempt + 1`; the route timeout still applies.
+    async fn back_off(
+        &self,
+        retry: &crate::model::policy::RetryPolicy,
+        attempt: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(), ProxyError> {
+        let wait = retry.backoff(attempt, fastrand::f64());
+        match deadline {
+            Some(d) if Instant::now() + wait >= d => {
+                tokio::time::sleep_until(d.into()).await;
+                Err(ProxyError::Timeout)
+            }
+            _ => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Where and how to connect to an endpoint.
+    async fn target(
+        &self,
+        cluster: &Cluster,
+        ep: &Endpoint,
+        version: Version,
+        authority: &str,
+        snapshot: &MeshSnapshot,
+    ) -> Result<Target, ProxyError> {
+        let mtls = match (&cluster.transport, &ep.instance) {
+            (Transport::IstioMutual, Some(i)) => Some((self.tls.clone(), i.identity.clone())),
+            _ => None,
+        };
+        let addr = match &ep.address {
+            Address::Socket(a) => *a,
+            Address::Dns(host, port) => resolve::host(host, *port).await?,
+            Address::OriginalDestination => {
+                let default = if cluster.key.port == 0 { 80 } else { cluster.key.port };
+                resolve::original_destination(authority, default, snapshot).await?
+            }
+        };
+        Ok(Target { addr, version, mtls })
+    }
+
+    /// Sends a copy of the request to a mirror cluster and forgets it: `Host` gets `-shadow`,
+    /// the response is discarded, the copy is recorded like any request.
+    fn mirror(&self, m: &Mirror, parts: &Parts, replay: &mut Replay, authority: &str) {
+        let cluster = m.cluster.clone();
+        let Some(ei) = cluster.pick(None, &[]) else { return };
+        let mut p = clone_parts(parts);
+        let shadow = shadow_authority(authority);
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            p.headers.insert(header::HOST, v);
+        }
+        let body = replay.body();
+        let pools = self.pools.get().clone();
+        let telemetry = self.telemetry.clone();
+        let mut event = self.event(
+            &p,
+            p.uri.path_and_query().unwrap_or(&PathAndQuery::from_static("/")),
+            &shadow,
+            &HeaderValue::from_static(""),
+            &cluster.host,
+        );
+        event.upstream_cluster = Some(cluster.name.clone());
+        event.subset = cluster.subset.clone();
+        event.route_name = Some(Arc::from("mirror"));
+        event.attempts = 1;
+        let version = if cluster.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
+        let tls = self.tls.clone();
+        let snapshot_authority = shadow.clone();
+        let resolved = match &cluster.endpoints[ei].address {
+            Address::Socket(a) => Some(*a),
+            _ => None,
+        };
+        let mtls = match (&cluster.transport, &cluster.endpoints[ei].instance) {
+            (Transport::IstioMutual, Some(i)) => Some((tls, i.identity.clone())),
+            _ => None,
+        };
+        let dns = match &cluster.endpoints[ei].address {
+            Address::Dns(h, port) => Some((h.clone(), *port)),
+            _ => None,
+        };
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let addr = match (resolved, dns) {
+                (Some(a), _) => a,
+                (None, Some((h, port))) => match resolve::host(&h, port).await {
+                    Ok(a) => a,
+                    Err(_) => return,
+                },
+                (None, None) => return,
+            };
+            event.upstream_host = Some(addr);
+            event.mtls = mtls.is_some();
+            let target = Target { addr, version, mtls };
+            let req = headers::to_upstream(Request::from_parts(p, body), version, &snapshot_authority, "http");
+            let result = tokio::time::timeout(Duration::from_secs(30), pools.send(&target, req)).await;
+            let status = match result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    let mut body = resp.into_body();
+                    let mut bytes = 0u64;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    event.bytes_sent = bytes;
+                    status
+                }
+                Ok(Err(e)) => {
+                    event.response_flags.add(e.flag());
+                    e.status().as_u16()
+                }
+                Err(_) => {
+                    event.response_flags.add(Flags::UT);
+                    504
+                }
+            };
+            event.status = status;
+            event.duration_ms = start.elapsed().as_millis() as u64;
+            telemetry.record(event);
+        });
     }
 
     fn event(
         &self,
-        parts: &http::request::Parts,
+        parts: &Parts,
         path: &PathAndQuery,
         authority: &str,
         request_id: &HeaderValue,
@@ -193,27 +593,102 @@ impl Forwarder {
             ),
             protocol: protocol_name(parts.version),
             status: 0,
-            response_flags: "",
+            response_flags: Flags::NONE,
             duration_ms: 0,
             upstream_service_time_ms: None,
             bytes_sent: 0,
-            bytes_received: content_length(&parts.headers),
+            bytes_received: content_length(&parts.headers).unwrap_or(0),
             attempts: 0,
             mtls: false,
         }
     }
 }
 
+/// `x-envoy-attempt-count` values, without formatting for the common ones.
+fn attempt_count(n: u32) -> HeaderValue {
+    const SMALL: [HeaderValue; 5] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+    ];
+    match SMALL.get(n as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// Envoy's shadow host: `-shadow` after the host name, before any port.
+pub fn shadow_authority(authority: &str) -> String {
+    match crate::model::hosts::split_authority(authority) {
+        (host, Some(port)) if !host.contains(':') => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+fn clone_parts(p: &Parts) -> Parts {
+    let (mut out, ()) = Request::new(()).into_parts();
+    out.method = p.method.clone();
+    out.uri = p.uri.clone();
+    out.version = p.version;
+    out.headers = p.headers.clone();
+    out
+}
+
+/// A local reply of the proxy (direct response, redirect, preflight).
+fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if len > 0 {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+fn preflight_response(cors: &Cors, origin: HeaderValue) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::OK, Bytes::new());
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    let set = |h: &mut http::HeaderMap, name: header::HeaderName, v: Option<&str>| {
+        if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    };
+    set(h, header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.as_deref());
+    set(h, header::ACCESS_CONTROL_ALLOW_HEADERS, cors.allow_headers.as_deref());
+    if let Some(age) = cors.max_age_secs {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
+    }
+    if cors.allow_credentials {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// A gRPC abort: HTTP 200 with `grpc-status` (trailers-only style).
+fn grpc_abort(code: u32) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::OK, Bytes::new());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+    resp
+}
+
 /// The request's authority as a header value, shared with the request where possible.
-pub fn authority_value(parts: &http::request::Parts, authority: &str) -> HeaderValue {
+pub fn authority_value(parts: &Parts, authority: &str) -> HeaderValue {
     match parts.headers.get(header::HOST) {
         Some(h) if h.as_bytes() == authority.as_bytes() => h.clone(),
         _ => HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("-")),
     }
 }
 
-pub fn content_length(h: &http::HeaderMap) -> u64 {
-    h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// Joins a downstream upgrade (WebSocket, ...) to the upstream's once both sides switched.
@@ -227,4 +702,25 @@ pub fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Proxy
         let mut up = hyper_util::rt::TokioIo::new(up);
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_hosts_keep_the_port() {
+        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_authority("httpbin"), "httpbin-shadow");
+        assert_eq!(attempt_count(3), "3");
+        assert_eq!(attempt_count(12), "12");
+    }
+
+    #[test]
+    fn percentages_roll_at_the_edges() {
+        assert!((0..100).all(|_| roll(100.0)));
+        assert!((0..100).all(|_| !roll(0.0)));
+        let hits = (0..10_000).filter(|_| roll(25.0)).count();
+        assert!((2000..3000).contains(&hits), "{hits}");
+    }
 }

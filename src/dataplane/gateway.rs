@@ -61,15 +61,26 @@ impl Gateway {
         let snap = self.snapshot.load_full();
         let host = normalize(split_authority(&authority).0).into_owned();
         let vhost = snap.gateway_routes.get(&(self.index, server_port)).and_then(|l| l.virtual_host(&host));
+        let source = peer.ip().to_string();
         let routing = match vhost {
             Some(vh) => Routing {
+                snapshot: &snap,
                 table: &vh.table,
                 authority: &authority,
                 port: server_port,
                 gateway: Some(&vh.gateway),
                 service: "",
+                source: &source,
             },
-            None => Routing { table: &NO_ROUTES, authority: &authority, port: server_port, gateway: None, service: "" },
+            None => Routing {
+                snapshot: &snap,
+                table: &NO_ROUTES,
+                authority: &authority,
+                port: server_port,
+                gateway: None,
+                service: "",
+                source: &source,
+            },
         };
         self.forwarder.forward(routing, req).await
     }

@@ -214,11 +214,11 @@ impl Inbound {
             ),
             protocol: protocol_name(parts.version),
             status: 0,
-            response_flags: "",
+            response_flags: crate::telemetry::Flags::NONE,
             duration_ms: 0,
             upstream_service_time_ms: None,
             bytes_sent: 0,
-            bytes_received: content_length(&parts.headers),
+            bytes_received: content_length(&parts.headers).unwrap_or(0),
             attempts: 1,
             mtls: peer.tls.is_some(),
         };
@@ -240,7 +240,7 @@ impl Inbound {
                 r
             }
             Err(e) => {
-                event.response_flags = e.flag().as_str();
+                event.response_flags = e.flag();
                 e.response()
             }
         };

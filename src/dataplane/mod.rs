@@ -10,5 +10,7 @@ pub mod inbound;
 pub mod listen;
 pub mod outbound;
 pub mod pool;
+pub mod resolve;
 pub mod rewind;
+pub mod sni;
 pub mod workers;

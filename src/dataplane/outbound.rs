@@ -1,56 +1,72 @@
 //! The outbound side of a sidecar, as its application sees it: the HTTP proxy
 //! (`HTTP_PROXY`: absolute-form and Host-based requests, `CONNECT` tunnels) and one listener
 //! per service port behind `<SERVICE>_SERVICE_HOST/PORT` (HTTP, sniffed, or opaque TCP).
-//! Mesh destinations go through [`Forwarder`]; unknown hosts pass through (ALLOW_ANY) or are
-//! refused (REGISTRY_ONLY).
+//! Registry services the instance's Sidecar scope lets it see are routed by their tables
+//! (HTTP, or TCP/TLS with SNI); other hosts pass through (ALLOW_ANY) or are refused
+//! (REGISTRY_ONLY), as Istio's PassthroughCluster and BlackHoleCluster.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{Body, ProxyBody};
+use super::body::ProxyBody;
 use super::error::{ProxyError, local_reply};
 use super::forward::{Forwarder, Routing};
 use super::headers;
 use super::listen::{self, HttpMode, Sniffed};
-use super::pool::{self, Pools, Target, Version};
+use super::pool;
+use super::resolve;
 use super::rewind::Rewind;
-use super::workers::{PerWorker, Workers};
+use super::sni;
+use super::workers::Workers;
 use crate::config::mesh::{OutboundMode, Protocol};
 use crate::identity::tls::Alpn;
-use crate::model::cluster::ClusterKey;
+use crate::model::cluster::{Address, Transport};
 use crate::model::hosts::split_authority;
+use crate::model::routes::{self, ConnView};
 use crate::model::snapshot::{MeshSnapshot, Shared};
 use crate::model::topology::Instance;
 
+/// The largest ClientHello read while looking for a server name.
+const MAX_HELLO: usize = 16 * 1024;
+
 pub struct Outbound {
     pub instance: Arc<Instance>,
+    /// Index of the instance in the topology (its Sidecar scope in the snapshot).
+    pub index: usize,
     pub forwarder: Forwarder,
     pub snapshot: Shared,
-    /// Connections to destinations outside the mesh, per worker.
-    pub passthrough: PerWorker<Pools>,
     /// This instance's per-upstream listener addresses → (service, port).
     pub listeners: HashMap<SocketAddr, (usize, u16)>,
 }
 
+/// Where a request or connection from the application goes.
+enum Dest {
+    /// A registry service port the instance may see.
+    Service(usize, u16),
+    /// A mesh service port hidden by the Sidecar scope: reached as an outside host would be.
+    Hidden(usize, u16),
+    /// Not in the registry.
+    Unknown,
+}
+
 impl Outbound {
-    pub fn new(instance: Arc<Instance>, forwarder: Forwarder, snapshot: Shared, workers: usize) -> Outbound {
+    pub fn new(instance: Arc<Instance>, index: usize, forwarder: Forwarder, snapshot: Shared) -> Outbound {
         let mut listeners = HashMap::new();
         for u in &instance.upstreams {
             for (port, addr) in &u.ports {
                 listeners.insert(*addr, (u.service, *port));
             }
         }
-        Outbound { instance, forwarder, snapshot, passthrough: PerWorker::new(workers, Pools::new), listeners }
+        Outbound { instance, index, forwarder, snapshot, listeners }
     }
 
     /// The HTTP proxy listener (`HTTP_PROXY`).
@@ -102,13 +118,13 @@ impl Outbound {
         if http {
             self.serve_for(stream, service, port).await;
         } else {
-            self.tcp_to_service(stream, service, port).await;
+            self.tcp(stream, BytesMut::new(), service, port, None).await;
         }
     }
 
     fn protocol(&self, service: usize, port: u16) -> Protocol {
         let snap = self.snapshot.load();
-        snap.topology.services.get(service).and_then(|s| s.port(port)).map(|p| p.protocol).unwrap_or(Protocol::Unknown)
+        snap.registry.get(service).and_then(|s| s.port(port)).map(|p| p.protocol).unwrap_or(Protocol::Unknown)
     }
 
     async fn serve_for<I>(self: &Arc<Self>, io: I, service: usize, port: u16)
@@ -136,29 +152,38 @@ impl Outbound {
         }
     }
 
-    /// Which mesh service port an authority names, as the sidecar resolves it: a service
-    /// name in any Kubernetes form, one of this instance's `*_SERVICE_HOST` addresses, or
-    /// (for per-upstream listeners) the listener's own service.
-    fn resolve(&self, snap: &MeshSnapshot, authority: &str, listener: Option<(usize, u16)>) -> Option<(usize, u16)> {
-        if let Some((si, port)) = snap.hosts.resolve(authority) {
-            let svc = &snap.topology.services[si];
-            match port {
-                Some(p) if svc.port(p).is_some() => return Some((si, p)),
-                Some(_) => {}
-                None => {
-                    let default = svc.port(80).or_else(|| svc.ports.iter().find(|p| p.protocol.is_http()));
-                    if let Some(p) = default.or(svc.ports.first()) {
-                        return Some((si, p.port));
-                    }
+    /// Which registry service port an authority names, as the sidecar resolves it: a host in
+    /// any Kubernetes form or a ServiceEntry host (or address), one of this instance's
+    /// `*_SERVICE_HOST` addresses, or (for per-upstream listeners) the listener's service.
+    fn resolve(&self, snap: &MeshSnapshot, authority: &str, listener: Option<(usize, u16)>, default_port: u16) -> Dest {
+        let hit = snap
+            .registry
+            .hosts
+            .resolve(authority)
+            .and_then(|(si, port)| {
+                let svc = snap.registry.get(si)?;
+                match port {
+                    Some(p) => svc.port(p).map(|_| (si, p)),
+                    None => svc.default_port(default_port).map(|p| (si, p)),
                 }
-            }
+            })
+            .or_else(|| authority.parse::<SocketAddr>().ok().and_then(|a| self.listeners.get(&a).copied()))
+            .or(listener);
+        let Some((si, port)) = hit else { return Dest::Unknown };
+        let visible = match (snap.registry.get(si), snap.scopes.get(self.index)) {
+            (Some(svc), Some(scope)) => scope.sees(svc, &self.instance.namespace),
+            (Some(svc), None) => svc.visible_to(&self.instance.namespace),
+            (None, _) => false,
+        };
+        match (visible, snap.registry.get(si).is_some_and(|s| s.is_mesh())) {
+            (true, _) => Dest::Service(si, port),
+            (false, true) => Dest::Hidden(si, port),
+            (false, false) => Dest::Unknown,
         }
-        if let Ok(addr) = authority.parse::<SocketAddr>()
-            && let Some(hit) = self.listeners.get(&addr)
-        {
-            return Some(*hit);
-        }
-        listener
+    }
+
+    fn mode(&self, snap: &MeshSnapshot) -> OutboundMode {
+        snap.scopes.get(self.index).map_or(snap.outbound_mode, |s| s.mode)
     }
 
     async fn http(
@@ -168,74 +193,92 @@ impl Outbound {
         listener: Option<(usize, u16)>,
     ) -> Response<ProxyBody> {
         let snap = self.snapshot.load_full();
-        let Some((si, port)) = self.resolve(&snap, authority, listener) else {
-            return self.passthrough(&snap, req, authority).await;
+        match self.resolve(&snap, authority, listener, 80) {
+            Dest::Service(si, port) => {
+                let Some(table) = snap.mesh_routes.get(&(si, port)) else {
+                    return ProxyError::NoRoute.response();
+                };
+                let service = snap.registry.get(si).map_or("", |s| s.host.as_str());
+                let routing = Routing {
+                    snapshot: &snap,
+                    table,
+                    authority,
+                    port,
+                    gateway: None,
+                    service,
+                    source: &self.instance.name,
+                };
+                self.forwarder.forward(routing, req).await
+            }
+            Dest::Hidden(si, port) => {
+                // Reached directly (original destination), named by its service host so a
+                // `*_SERVICE_HOST` address does not loop back into this sidecar.
+                let host = snap.registry.get(si).map_or(String::new(), |s| format!("{}:{port}", s.host));
+                self.outside(&snap, req, &host, port).await
+            }
+            Dest::Unknown => {
+                let port = split_authority(authority).1.unwrap_or(80);
+                self.outside(&snap, req, authority, port).await
+            }
+        }
+    }
+
+    /// A host outside what the instance may see: PassthroughCluster or BlackHoleCluster.
+    async fn outside(
+        &self,
+        snap: &MeshSnapshot,
+        req: Request<Incoming>,
+        authority: &str,
+        port: u16,
+    ) -> Response<ProxyBody> {
+        let table = match self.mode(snap) {
+            OutboundMode::RegistryOnly => &snap.blackhole,
+            OutboundMode::AllowAny => &snap.passthrough,
         };
-        let Some(table) = snap.mesh_routes.get(&(si, port)) else {
-            return ProxyError::NoRoute.response();
-        };
-        let service = &snap.topology.services[si].fqdn;
-        let routing = Routing { table, authority, port, gateway: None, service };
+        let service = split_authority(authority).0;
+        let routing =
+            Routing { snapshot: snap, table, authority, port, gateway: None, service, source: &self.instance.name };
         self.forwarder.forward(routing, req).await
     }
 
-    /// A destination outside the mesh (Istio's PassthroughCluster / BlackHoleCluster).
-    async fn passthrough(&self, snap: &MeshSnapshot, req: Request<Incoming>, authority: &str) -> Response<ProxyBody> {
-        if snap.outbound_mode == OutboundMode::RegistryOnly {
-            return local_reply(StatusCode::BAD_GATEWAY, String::new());
-        }
-        let addr = match resolve_addr(authority, 80).await {
-            Ok(a) => a,
-            Err(e) => return e.response(),
-        };
-        let version = if req.version() == HttpVersion::HTTP_2 { Version::H2 } else { Version::H1 };
-        let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let upstream =
-            headers::to_upstream(Request::from_parts(parts, Body::Incoming(body)), version, authority, "http");
-        let target = Target { addr, version, mtls: None };
-        let start = Instant::now();
-        match self.passthrough.get().send(&target, upstream).await {
-            Ok(mut r) => {
-                headers::strip_hop_by_hop(r.headers_mut());
-                let ms = start.elapsed().as_millis() as u64;
-                r.headers_mut().insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(ms));
-                r
-            }
-            Err(e) => e.response(),
-        }
-    }
-
-    /// `CONNECT host:port`: into the mesh for mesh services, else a plain TCP tunnel.
+    /// `CONNECT host:port`: registry services are routed (HTTP inside by their HTTP routes,
+    /// TLS by SNI, the rest as TCP); other hosts get a plain tunnel under ALLOW_ANY and a
+    /// refusal under REGISTRY_ONLY.
     async fn connect(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let Some(authority) = req.uri().authority().map(|a| a.as_str().to_string()) else {
             return ProxyError::BadRequest("CONNECT needs host:port").response();
         };
         let snap = self.snapshot.load_full();
         let on_upgrade = hyper::upgrade::on(&mut req);
-        if let Some((si, port)) = self.resolve(&snap, &authority, None) {
-            tokio::spawn(async move {
-                if let Ok(up) = on_upgrade.await {
-                    self.tunnel_into_mesh(TokioIo::new(up), si, port).await;
-                }
-            });
-            return Response::new(ProxyBody::empty());
-        }
-        if snap.outbound_mode == OutboundMode::RegistryOnly {
+        let (target_host, target_port) = match self.resolve(&snap, &authority, None, 443) {
+            Dest::Service(si, port) => {
+                tokio::spawn(async move {
+                    if let Ok(up) = on_upgrade.await {
+                        self.tunnel(TokioIo::new(up), si, port, authority).await;
+                    }
+                });
+                return Response::new(ProxyBody::empty());
+            }
+            Dest::Hidden(si, port) => (snap.registry.get(si).map_or(String::new(), |s| s.host.clone()), port),
+            Dest::Unknown => {
+                let (h, p) = split_authority(&authority);
+                (h.to_string(), p.unwrap_or(443))
+            }
+        };
+        if self.mode(&snap) == OutboundMode::RegistryOnly {
             return local_reply(
                 StatusCode::FORBIDDEN,
                 format!("CONNECT to {authority} refused: outboundTrafficPolicy is REGISTRY_ONLY\n"),
             );
         }
-        let addr = match resolve_addr(&authority, 443).await {
-            Ok(a) => a,
-            Err(e) => return e.response(),
-        };
+        let addr =
+            match resolve::original_destination(&format!("{target_host}:{target_port}"), target_port, &snap).await {
+                Ok(a) => a,
+                Err(e) => return e.response(),
+            };
         let mut upstream = match pool::connect(addr, None, Alpn::Tcp).await {
             Ok(pool::Stream::Plain(s)) => s,
-            Ok(pool::Stream::Tls(_)) => {
-                return ProxyError::ConnectFailed("unexpected TLS".into()).response();
-            }
+            Ok(pool::Stream::Tls(_)) => return ProxyError::ConnectFailed("unexpected TLS".into()).response(),
             Err(e) => return e.response(),
         };
         tokio::spawn(async move {
@@ -247,13 +290,13 @@ impl Outbound {
         Response::new(ProxyBody::empty())
     }
 
-    /// A tunnel to a mesh service: HTTP inside is routed like any request; anything else is
-    /// opaque TCP over mTLS.
-    async fn tunnel_into_mesh<I>(self: Arc<Self>, mut io: I, service: usize, port: u16)
+    /// A tunnel to a registry service: HTTP inside is routed like any request; anything else
+    /// goes through the TCP/TLS routes.
+    async fn tunnel<I>(self: Arc<Self>, mut io: I, service: usize, port: u16, authority: String)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut buf = BytesMut::with_capacity(64);
+        let mut buf = BytesMut::with_capacity(512);
         let kind = loop {
             let read = tokio::time::timeout(listen::SNIFF_TIMEOUT, io.read_buf(&mut buf)).await;
             match read {
@@ -266,52 +309,93 @@ impl Outbound {
                 Err(_) => break Sniffed::Opaque,
             }
         };
-        let io = Rewind::new(buf.freeze(), io);
         match kind {
-            Sniffed::Http1 | Sniffed::Http2 => self.serve_for(io, service, port).await,
-            _ => self.tcp_to_service(io, service, port).await,
+            Sniffed::Http1 | Sniffed::Http2 => self.serve_for(Rewind::new(buf.freeze(), io), service, port).await,
+            _ => self.tcp(io, buf, service, port, Some(&authority)).await,
         }
     }
 
-    /// Opaque TCP to a mesh service port, over mTLS to the picked endpoint.
-    async fn tcp_to_service<I>(&self, mut io: I, service: usize, port: u16)
+    /// Opaque TCP (or TLS passthrough) to a service port through its `tcp[]`/`tls[]` routes.
+    /// `prefix` holds bytes already read from `io`; `authority` is where the client asked to
+    /// go (for original-destination endpoints).
+    async fn tcp<I>(&self, mut io: I, mut prefix: BytesMut, service: usize, port: u16, authority: Option<&str>)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let snap = self.snapshot.load_full();
-        let Some(svc) = snap.topology.services.get(service) else {
+        let Some(table) = snap.tcp_routes.get(&(service, port)) else { return };
+        let needs_sni = table.routes.iter().any(|r| r.matches.iter().any(|m| !m.sni_hosts.is_empty()));
+        let sni = if needs_sni { client_hello_sni(&mut io, &mut prefix).await } else { None };
+        let conn = ConnView {
+            port,
+            sni: sni.as_deref(),
+            source_labels: &self.instance.labels,
+            source_namespace: &self.instance.namespace,
+            gateway: None,
+        };
+        let Some(route) = routes::find_tcp(table, &conn) else {
+            tracing::debug!(instance = %self.instance.name, "TCP to service #{service}:{port}: no matching route");
             return;
         };
-        let key = ClusterKey { host: svc.fqdn.clone(), subset: None, port };
-        let Some(cluster) = snap.clusters.get(&key) else {
+        let r = if route.total_weight > 0 { fastrand::u32(0..route.total_weight) } else { 0 };
+        let Some(dest) = routes::pick_weighted(&route.destinations, r) else { return };
+        let cluster = &dest.cluster;
+        let Some(ei) = cluster.pick(None, &[]) else {
+            tracing::debug!(instance = %self.instance.name, "TCP to {}: no healthy upstream", cluster.name);
             return;
         };
-        let Some(ep) = cluster.pick() else {
-            tracing::debug!(instance = %self.instance.name, "TCP to {}: no healthy upstream", svc.name);
-            return;
+        let ep = &cluster.endpoints[ei];
+        let fallback = snap.registry.get(service).map(|s| format!("{}:{port}", s.host)).unwrap_or_default();
+        let addr = match &ep.address {
+            Address::Socket(a) => Ok(*a),
+            Address::Dns(h, p) => resolve::host(h, *p).await,
+            Address::OriginalDestination => {
+                let target = match (sni.as_deref(), authority) {
+                    (_, Some(a)) => a.to_string(),
+                    (Some(s), None) => format!("{s}:{port}"),
+                    (None, None) => fallback,
+                };
+                resolve::original_destination(&target, port, &snap).await
+            }
         };
-        let mtls = (self.forwarder.tls.as_ref(), ep.instance.identity.as_ref());
-        match pool::connect(ep.addr, Some(mtls), Alpn::Tcp).await {
+        let addr = match addr {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(instance = %self.instance.name, "TCP to {}: {e}", cluster.name);
+                return;
+            }
+        };
+        let mtls = match (&cluster.transport, &ep.instance) {
+            (Transport::IstioMutual, Some(i)) => Some((self.forwarder.tls.as_ref(), i.identity.as_ref())),
+            _ => None,
+        };
+        let mut io = Rewind::new(prefix.freeze(), io);
+        match pool::connect(addr, mtls, Alpn::Tcp).await {
             Ok(pool::Stream::Tls(mut s)) => {
                 let _ = tokio::io::copy_bidirectional(&mut io, &mut s).await;
             }
-            Ok(pool::Stream::Plain(_)) => {}
-            Err(e) => tracing::debug!(instance = %self.instance.name, "TCP to {}: {e}", svc.name),
+            Ok(pool::Stream::Plain(mut s)) => {
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut s).await;
+            }
+            Err(e) => tracing::debug!(instance = %self.instance.name, "TCP to {}: {e}", cluster.name),
         }
     }
 }
 
-/// Resolves `host[:port]` (DNS through the system resolver, off the runtime threads).
-async fn resolve_addr(authority: &str, default_port: u16) -> Result<SocketAddr, ProxyError> {
-    let (host, port) = split_authority(authority);
-    let port = port.unwrap_or(default_port);
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port))).await;
-    match lookup {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| ProxyError::ConnectFailed(format!("no address for {host}"))),
-        Ok(Err(e)) => Err(ProxyError::ConnectFailed(format!("DNS resolution failed for {host}: {e}"))),
-        Err(_) => Err(ProxyError::ConnectFailed(format!("DNS resolution timed out for {host}"))),
+/// Reads (into `buf`) until a whole ClientHello is there, and returns its server name.
+async fn client_hello_sni<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> Option<String> {
+    loop {
+        match sni::parse(buf) {
+            sni::Hello::Tls(name) => return name,
+            sni::Hello::NotTls => return None,
+            sni::Hello::Incomplete => {}
+        }
+        if buf.len() > MAX_HELLO {
+            return None;
+        }
+        match tokio::time::timeout(listen::SNIFF_TIMEOUT, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
     }
 }

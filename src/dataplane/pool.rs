@@ -349,7 +349,7 @@ mod tests {
         let err = Pools::new().send(&Target { addr, version: Version::H1, mtls: None }, get(Version::H1, addr)).await;
         match err {
             Err(e) => {
-                assert_eq!(e.flag().as_str(), "UF");
+                assert_eq!(e.flag().to_string(), "UF");
                 assert!(e.body().contains("delayed connect error: "), "{}", e.body());
             }
             Ok(_) => panic!("connected to a closed port"),

@@ -44,36 +44,71 @@ pub fn qualify(host: &str, namespace: &str) -> String {
     format!("{host}.{namespace}.{CLUSTER_DOMAIN}")
 }
 
-/// Every name that reaches a mesh service, mapped to its index.
+/// Every name that reaches a service (mesh services in all their Kubernetes forms, ServiceEntry
+/// hosts including `*.` wildcards), mapped to its index in the registry.
 #[derive(Debug, Default)]
 pub struct HostIndex {
     names: HashMap<String, usize>,
+    /// (`.example.com` for `*.example.com`, index), longest suffix first.
+    wildcards: Vec<(String, usize)>,
 }
 
 impl HostIndex {
     pub fn new(services: &[Service], mesh_namespace: &str) -> Self {
-        let mut names = HashMap::new();
+        let mut idx = HostIndex::default();
         for (i, s) in services.iter().enumerate() {
-            names.insert(s.fqdn.clone(), i);
-            names.insert(format!("{}.{}.svc", s.name, s.namespace), i);
-            names.insert(format!("{}.{}", s.name, s.namespace), i);
-            if s.namespace == mesh_namespace {
-                names.entry(s.name.clone()).or_insert(i);
-            }
+            idx.add_mesh_service(i, &s.name, &s.namespace, &s.fqdn, mesh_namespace);
         }
-        HostIndex { names }
+        idx
+    }
+
+    pub fn add_mesh_service(&mut self, i: usize, name: &str, namespace: &str, fqdn: &str, mesh_namespace: &str) {
+        self.names.insert(fqdn.to_string(), i);
+        self.names.insert(format!("{name}.{namespace}.svc"), i);
+        self.names.insert(format!("{name}.{namespace}"), i);
+        if namespace == mesh_namespace {
+            self.names.entry(name.to_string()).or_insert(i);
+        }
+    }
+
+    /// A ServiceEntry host; returns false when the name is already taken.
+    pub fn add_host(&mut self, host: &str, i: usize) -> bool {
+        let host = normalize(host).into_owned();
+        if let Some(suffix) = host.strip_prefix('*') {
+            if self.wildcards.iter().any(|(s, _)| s == suffix) {
+                return false;
+            }
+            self.wildcards.push((suffix.to_string(), i));
+            self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+            return true;
+        }
+        if self.names.contains_key(&host) {
+            return false;
+        }
+        self.names.insert(host, i);
+        true
+    }
+
+    fn lookup(&self, host: &str) -> Option<usize> {
+        if let Some(i) = self.names.get(host) {
+            return Some(*i);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+            .map(|(_, i)| *i)
     }
 
     /// Resolves an authority (`reviews:9080`) to a service index and the port, if given.
     pub fn resolve(&self, authority: &str) -> Option<(usize, Option<u16>)> {
         let (host, port) = split_authority(authority);
         let host = normalize(host);
-        self.names.get(host.as_ref()).map(|&i| (i, port))
+        self.lookup(&host).map(|i| (i, port))
     }
 
-    /// Resolves a fully qualified name.
+    /// Resolves a fully qualified name (or a ServiceEntry host).
     pub fn by_fqdn(&self, fqdn: &str) -> Option<usize> {
-        self.names.get(fqdn).copied()
+        self.lookup(fqdn)
     }
 }
 
@@ -108,6 +143,19 @@ mod tests {
         }
         assert_eq!(idx.resolve("ratings:9080"), Some((1, Some(9080))));
         assert_eq!(idx.resolve("reviews.other"), None);
+        assert_eq!(idx.resolve("example.com"), None);
+    }
+
+    #[test]
+    fn service_entry_hosts_and_wildcards() {
+        let mut idx = HostIndex::new(&[svc("reviews", "default")], "default");
+        assert!(idx.add_host("www.googleapis.com", 1));
+        assert!(idx.add_host("*.example.com", 2));
+        assert!(idx.add_host("*.api.example.com", 3));
+        assert!(!idx.add_host("reviews", 9), "taken names are not overridden");
+        assert_eq!(idx.resolve("www.googleapis.com:443"), Some((1, Some(443))));
+        assert_eq!(idx.resolve("a.example.com"), Some((2, None)));
+        assert_eq!(idx.resolve("v1.api.example.com"), Some((3, None)), "the longest wildcard wins");
         assert_eq!(idx.resolve("example.com"), None);
     }
 

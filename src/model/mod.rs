@@ -3,7 +3,11 @@
 pub mod cluster;
 pub mod compile;
 pub mod hosts;
+pub mod lb;
+pub mod policy;
+pub mod registry;
 pub mod routes;
+pub mod scope;
 pub mod snapshot;
 pub mod support;
 pub mod topology;

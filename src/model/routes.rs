@@ -10,6 +10,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::cluster::Cluster;
+use super::policy::{Cors, Fault, HeaderOps, Mirror, Redirect, RetryPolicy, Rewrite};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,6 +80,9 @@ pub struct RequestMatch {
     /// Qualified `namespace/name` of Gateway resources, or `mesh`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    /// Conditions that must hold too (a delegate's match under its root's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub and: Vec<RequestMatch>,
 }
 
 /// What routing looks at in a request.
@@ -207,7 +211,15 @@ impl RequestMatch {
                 return false;
             }
         }
-        true
+        self.and.iter().all(|m| m.matches(req))
+    }
+
+    /// The prefix a prefix `uri` match matched on (for `rewrite.uri`).
+    pub fn matched_prefix(&self) -> Option<&str> {
+        match &self.uri {
+            Some(StrMatch::Prefix(p)) => Some(p),
+            _ => None,
+        }
     }
 }
 
@@ -217,17 +229,43 @@ pub struct WeightedCluster {
     #[serde(serialize_with = "ser_cluster")]
     pub cluster: Arc<Cluster>,
     pub weight: u32,
+    /// Header operations of this destination (`route[].headers`).
+    #[serde(skip_serializing_if = "headers_empty")]
+    pub headers: HeaderOps,
+}
+
+fn headers_empty(h: &HeaderOps) -> bool {
+    h.request.is_empty() && h.response.is_empty()
 }
 
 fn ser_cluster<S: serde::Serializer>(c: &Arc<Cluster>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&c.name)
 }
 
+/// Forwarding to one of the weighted destinations, with the route's upstream policies.
+#[derive(Clone, Debug, Serialize)]
+pub struct Forward {
+    pub destinations: Vec<WeightedCluster>,
+    pub total_weight: u32,
+    /// Covers all attempts; `None`: no timeout (Istio's default).
+    pub timeout: Option<std::time::Duration>,
+    pub retry: RetryPolicy,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// Forward to one of the weighted destinations.
-    Route { destinations: Vec<WeightedCluster>, total_weight: u32 },
+    Route(Box<Forward>),
+    Redirect(Redirect),
+    DirectResponse {
+        status: u16,
+        #[serde(skip)]
+        body: bytes::Bytes,
+    },
 }
 
 /// Where a compiled route came from, for `proxy-config routes` and access logs.
@@ -249,6 +287,12 @@ pub struct Route {
     #[serde(rename = "match")]
     pub matches: Vec<RequestMatch>,
     pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    #[serde(skip_serializing_if = "headers_empty")]
+    pub headers: HeaderOps,
 }
 
 impl RouteOrigin {
@@ -263,11 +307,23 @@ impl RouteOrigin {
 
 impl Route {
     pub fn new(origin: RouteOrigin, matches: Vec<RequestMatch>, action: Action) -> Route {
-        Route { name: Arc::from(origin.display_name()), origin, matches, action }
+        Route {
+            name: Arc::from(origin.display_name()),
+            origin,
+            matches,
+            action,
+            fault: None,
+            cors: None,
+            headers: HeaderOps::default(),
+        }
     }
 
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    /// Whether the route matches, and which match entry did (`None` for a route without).
+    pub fn matching(&self, req: &RequestView<'_>) -> Option<Option<&RequestMatch>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().find(|m| m.matches(req)).map(Some)
     }
 }
 
@@ -299,16 +355,84 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
-/// The first route that matches the request.
-pub fn find<'r>(table: &'r RouteTable, req: &RequestView<'_>) -> Option<&'r Route> {
-    table.routes.iter().find(|r| r.matches(req))
+/// The first route that matches the request, with the match entry that matched.
+pub fn find<'r>(table: &'r RouteTable, req: &RequestView<'_>) -> Option<(&'r Route, Option<&'r RequestMatch>)> {
+    table.routes.iter().find_map(|r| r.matching(req).map(|m| (r, m)))
+}
+
+/// TCP and TLS routes of one service port (`tcp[]`, `tls[]`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TcpTable {
+    pub routes: Vec<TcpRoute>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpRoute {
+    pub origin: RouteOrigin,
+    pub matches: Vec<L4Match>,
+    pub destinations: Vec<WeightedCluster>,
+    pub total_weight: u32,
+}
+
+/// `L4MatchAttributes` / `TLSMatchAttributes`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct L4Match {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// TLS routes: the SNI must match one (wildcards allowed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+}
+
+/// What an opaque connection offers to TCP/TLS routing.
+pub struct ConnView<'a> {
+    pub port: u16,
+    pub sni: Option<&'a str>,
+    pub source_labels: &'a BTreeMap<String, String>,
+    pub source_namespace: &'a str,
+    pub gateway: Option<&'a str>,
+}
+
+impl L4Match {
+    pub fn matches(&self, c: &ConnView<'_>) -> bool {
+        if self.port.is_some_and(|p| p != c.port) {
+            return false;
+        }
+        if !self.sni_hosts.is_empty() {
+            let Some(sni) = c.sni else { return false };
+            if !self.sni_hosts.iter().any(|h| crate::config::istio::validate::host_covers(h, sni)) {
+                return false;
+            }
+        }
+        if !self.source_labels.iter().all(|(k, v)| c.source_labels.get(k) == Some(v)) {
+            return false;
+        }
+        if self.source_namespace.as_ref().is_some_and(|ns| ns != c.source_namespace) {
+            return false;
+        }
+        if !self.gateways.is_empty() && !self.gateways.iter().any(|g| g == c.gateway.unwrap_or("mesh")) {
+            return false;
+        }
+        true
+    }
+}
+
+pub fn find_tcp<'r>(table: &'r TcpTable, c: &ConnView<'_>) -> Option<&'r TcpRoute> {
+    table.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(c)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::mesh::Protocol;
-    use crate::model::cluster::{Cluster, ClusterKey};
+    use crate::model::cluster::{Cluster, ClusterKey, Transport};
+    use crate::model::lb::Lb;
 
     fn view<'a>(path: &'a str, headers: &'a HeaderMap, labels: &'a BTreeMap<String, String>) -> RequestView<'a> {
         RequestView {
@@ -421,7 +545,19 @@ mod tests {
 
     fn wc(name: &str, weight: u32) -> WeightedCluster {
         let key = ClusterKey { host: name.into(), subset: None, port: 80 };
-        WeightedCluster { cluster: Arc::new(Cluster::new(key, None, Protocol::Http, vec![])), weight }
+        let cluster = Cluster::new(key, None, Protocol::Http, vec![], Lb::RoundRobin, Transport::IstioMutual);
+        WeightedCluster { cluster: Arc::new(cluster), weight, headers: HeaderOps::default() }
+    }
+
+    fn forward(host: &str) -> Action {
+        Action::Route(Box::new(Forward {
+            destinations: vec![wc(host, 100)],
+            total_weight: 100,
+            timeout: None,
+            retry: RetryPolicy::none(),
+            mirrors: vec![],
+            rewrite: None,
+        }))
     }
 
     #[test]
@@ -432,7 +568,7 @@ mod tests {
             Route::new(
                 RouteOrigin { virtual_service: "default/reviews".into(), index: 0, name: None },
                 matches,
-                Action::Route { destinations: vec![wc(host, 100)], total_weight: 100 },
+                forward(host),
             )
         };
         let table = RouteTable {
@@ -454,10 +590,15 @@ mod tests {
                 route(vec![], "never"),
             ],
         };
-        let pick = |r: &Route| match &r.action {
-            Action::Route { destinations, .. } => destinations[0].cluster.key.host.clone(),
+        let pick = |r: (&Route, Option<&RequestMatch>)| match &r.0.action {
+            Action::Route(f) => f.destinations[0].cluster.key.host.clone(),
+            _ => String::new(),
         };
         assert_eq!(pick(find(&table, &view("/", &h, &l)).unwrap()), "v2");
+        assert!(
+            find(&table, &view("/", &h, &l)).unwrap().1.is_some_and(|m| !m.headers.is_empty()),
+            "the matching entry is reported"
+        );
         assert_eq!(pick(find(&table, &view("/", &HeaderMap::new(), &l)).unwrap()), "v1");
         assert!(find(&RouteTable::default(), &view("/", &h, &l)).is_none());
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::cluster::{Cluster, ClusterKey};
-use super::hosts::HostIndex;
-use super::routes::RouteTable;
+use super::registry::Registry;
+use super::routes::{RouteTable, TcpTable};
+use super::scope::Scope;
 use super::topology::Topology;
 use crate::config::istio::Resource;
 use crate::config::mesh::OutboundMode;
@@ -24,16 +25,25 @@ pub struct MeshSnapshot {
     pub topology: Arc<Topology>,
     #[serde(skip)]
     pub resources: Arc<Vec<Resource>>,
-    #[serde(skip)]
-    pub hosts: HostIndex,
+    pub registry: Registry,
+    /// The clusters sidecars use (gateways may see other DestinationRules).
     #[serde(serialize_with = "ser_clusters")]
     pub clusters: BTreeMap<ClusterKey, Arc<Cluster>>,
-    /// Sidecar (mesh) routes per (service index, service port).
+    /// Sidecar (mesh) HTTP routes per (registry service index, service port).
     #[serde(serialize_with = "ser_mesh_routes")]
     pub mesh_routes: HashMap<(usize, u16), Arc<RouteTable>>,
+    /// Sidecar TCP/TLS routes per (registry service index, service port).
+    #[serde(serialize_with = "ser_mesh_routes")]
+    pub tcp_routes: HashMap<(usize, u16), Arc<TcpTable>>,
     /// Gateway routes per (gateway index, server port of the listener).
     #[serde(serialize_with = "ser_gateway_routes")]
     pub gateway_routes: HashMap<(usize, u16), Arc<GatewayListener>>,
+    /// Per instance (topology order): what its sidecar may reach.
+    pub scopes: Vec<Scope>,
+    /// Hosts outside the registry under ALLOW_ANY (`PassthroughCluster`).
+    pub passthrough: Arc<RouteTable>,
+    /// Hosts outside the registry under REGISTRY_ONLY (502).
+    pub blackhole: Arc<RouteTable>,
 }
 
 /// The virtual hosts of one gateway listener.
@@ -89,7 +99,10 @@ fn ser_clusters<S: serde::Serializer>(c: &BTreeMap<ClusterKey, Arc<Cluster>>, s:
     m.end()
 }
 
-fn ser_mesh_routes<S: serde::Serializer>(r: &HashMap<(usize, u16), Arc<RouteTable>>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_mesh_routes<T: Serialize, S: serde::Serializer>(
+    r: &HashMap<(usize, u16), Arc<T>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut keys: Vec<_> = r.keys().collect();
     keys.sort();

@@ -3,7 +3,9 @@
 //! features land (README "Supported Istio features" mirrors it).
 
 use crate::config::diag::{Diagnostics, Pos};
+use crate::config::istio::destination_rule::{ClientTlsMode, DestinationRuleSpec, TrafficPolicy};
 use crate::config::istio::gateway::GatewaySpec;
+use crate::config::istio::service_entry::{ServiceEntrySpec, SidecarSpec};
 use crate::config::istio::virtual_service::VirtualServiceSpec;
 use crate::config::istio::{Resource, Spec};
 
@@ -23,54 +25,144 @@ pub fn unsupported(res: &Resource, out: &mut Diagnostics) {
         ),
         Spec::VirtualService(vs) => virtual_service(vs, &mut warn),
         Spec::Gateway(gw) => gateway(gw, &mut warn),
+        Spec::DestinationRule(dr) => destination_rule(dr, &mut warn),
+        Spec::ServiceEntry(se) => service_entry(se, &mut warn),
+        Spec::Sidecar(sc) => sidecar(sc, &mut warn),
     }
 }
 
+fn not_yet(kind: &str, field: &str) -> String {
+    format!("{kind} `{field}` is not honoured yet: it is ignored")
+}
+
 fn virtual_service(vs: &VirtualServiceSpec, warn: &mut impl FnMut(Pos, String)) {
-    let not_yet = |field: &str| format!("VirtualService `{field}` is not honoured yet: it is ignored");
-    if !vs.export_to.is_empty() {
-        warn(vs.export_to[0].pos, not_yet("exportTo"));
-    }
-    for t in &vs.tcp {
-        warn(t.at.0, not_yet("tcp"));
+    for r in &vs.http {
+        if let Some(f) = &r.fault {
+            if let Some(d) = &f.delay
+                && d.exponential_delay.is_some()
+            {
+                warn(d.pos, not_yet("VirtualService", "fault.delay.exponentialDelay"));
+            }
+            if let Some(a) = &f.abort
+                && a.http2_error.is_some()
+            {
+                warn(a.pos, not_yet("VirtualService", "fault.abort.http2Error"));
+            }
+        }
+        if let Some(rt) = &r.retries
+            && rt.retry_ignore_previous_hosts == Some(false)
+        {
+            warn(rt.pos, "VirtualService `retries.retryIgnorePreviousHosts: false` is not honoured yet: retries still prefer other hosts".into());
+        }
     }
     for t in &vs.tls {
-        warn(t.at.0, not_yet("tls"));
+        for m in &t.matches {
+            if !m.destination_subnets.is_empty() {
+                warn(m.at.0, not_yet("VirtualService", "tls.match.destinationSubnets"));
+            }
+        }
     }
-    for r in &vs.http {
-        let fields: [(bool, Pos, &str); 11] = [
-            (r.redirect.is_some(), r.redirect.as_ref().map(|x| x.pos).unwrap_or_default(), "redirect"),
-            (
-                r.direct_response.is_some(),
-                r.direct_response.as_ref().map(|x| x.pos).unwrap_or_default(),
-                "directResponse",
+    for t in &vs.tcp {
+        for m in &t.matches {
+            if !m.destination_subnets.is_empty() || m.source_subnet.is_some() {
+                warn(m.at.0, not_yet("VirtualService", "tcp.match subnets"));
+            }
+        }
+    }
+}
+
+fn traffic_policy(tp: &TrafficPolicy, external: bool, warn: &mut impl FnMut(Pos, String)) {
+    let dr = "DestinationRule";
+    if let Some(c) = &tp.connection_pool {
+        warn(c.pos, not_yet(dr, "trafficPolicy.connectionPool"));
+    }
+    if let Some(o) = &tp.outlier_detection {
+        warn(o.pos, not_yet(dr, "trafficPolicy.outlierDetection"));
+    }
+    for (field, v) in [("tunnel", &tp.tunnel), ("proxyProtocol", &tp.proxy_protocol), ("retryBudget", &tp.retry_budget)]
+    {
+        if let Some(v) = v {
+            warn(v.pos, not_yet(dr, &format!("trafficPolicy.{field}")));
+        }
+    }
+    if let Some(lb) = &tp.load_balancer {
+        if lb.locality_lb_setting.is_some() || lb.zone_aware_lb_setting.is_some() {
+            warn(lb.pos, "DestinationRule locality load balancing is not honoured: a laptop has one locality".into());
+        }
+        if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+            warn(lb.pos, not_yet(dr, "loadBalancer.warmup"));
+        }
+    }
+    if let Some(t) = &tp.tls
+        && matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
+    {
+        let what = if external { "TLS origination to external hosts" } else { "SIMPLE/MUTUAL TLS to mesh services" };
+        warn(
+            t.pos,
+            format!(
+                "DestinationRule tls mode {:?}: {what} is not supported yet; traffic is sent as without it",
+                t.mode.unwrap_or(ClientTlsMode::Simple)
             ),
-            (r.delegate.is_some(), r.delegate.as_ref().map(|x| x.pos).unwrap_or_default(), "delegate"),
-            (r.rewrite.is_some(), r.rewrite.as_ref().map(|x| x.pos).unwrap_or_default(), "rewrite"),
-            (r.timeout.is_some(), r.timeout.as_ref().map(|x| x.pos).unwrap_or_default(), "timeout"),
-            (r.retries.is_some(), r.retries.as_ref().map(|x| x.pos).unwrap_or_default(), "retries"),
-            (r.fault.is_some(), r.fault.as_ref().map(|x| x.pos).unwrap_or_default(), "fault"),
-            (r.mirror.is_some() || !r.mirrors.is_empty(), r.at.0, "mirror"),
-            (r.cors_policy.is_some(), r.cors_policy.as_ref().map(|x| x.pos).unwrap_or_default(), "corsPolicy"),
-            (r.headers.is_some(), r.at.0, "headers"),
-            (r.route.iter().any(|d| d.headers.is_some()), r.at.0, "route[].headers"),
-        ];
-        for (present, pos, name) in fields {
-            if present {
-                warn(pos, not_yet(name));
-            }
+        );
+    }
+    for p in &tp.port_level_settings {
+        if let Some(c) = &p.connection_pool {
+            warn(c.pos, not_yet(dr, "portLevelSettings.connectionPool"));
         }
-        for d in &r.route {
-            if let Some(s) = d.destination.as_ref().and_then(|d| d.subset.as_ref()) {
-                warn(
-                    s.pos,
-                    format!(
-                        "subset `{}` needs a DestinationRule, which is not honoured yet: requests on this route get 503",
-                        s.value
-                    ),
-                );
-            }
+        if let Some(o) = &p.outlier_detection {
+            warn(o.pos, not_yet(dr, "portLevelSettings.outlierDetection"));
         }
+    }
+}
+
+fn destination_rule(d: &DestinationRuleSpec, warn: &mut impl FnMut(Pos, String)) {
+    let external = d.host.contains('.') && !d.host.ends_with(".svc.cluster.local");
+    if d.workload_selector.is_some() {
+        warn(
+            d.at.0,
+            "DestinationRule `workloadSelector` is not honoured yet: the rule applies to every workload".into(),
+        );
+    }
+    if let Some(tp) = &d.traffic_policy {
+        traffic_policy(tp, external, warn);
+    }
+    for s in &d.subsets {
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(tp, external, warn);
+        }
+    }
+}
+
+fn service_entry(se: &ServiceEntrySpec, warn: &mut impl FnMut(Pos, String)) {
+    if let Some(w) = &se.workload_selector {
+        warn(w.pos, not_yet("ServiceEntry", "workloadSelector"));
+    }
+    for a in &se.addresses {
+        if a.parse::<std::net::IpAddr>().is_err() {
+            warn(a.pos, "ServiceEntry CIDR addresses are not honoured yet (single IPs are)".into());
+        }
+    }
+}
+
+fn sidecar(sc: &SidecarSpec, warn: &mut impl FnMut(Pos, String)) {
+    for i in &sc.ingress {
+        warn(i.pos, not_yet("Sidecar", "ingress"));
+    }
+    if let Some(p) = &sc.inbound_connection_pool {
+        warn(p.pos, not_yet("Sidecar", "inboundConnectionPool"));
+    }
+    for e in &sc.egress {
+        if e.port.is_some() || e.bind.is_some() || e.capture_mode.is_some() {
+            warn(
+                e.at.0,
+                "Sidecar egress `port`/`bind`/`captureMode` are not honoured yet: the hosts apply to every port".into(),
+            );
+        }
+    }
+    if let Some(p) = &sc.outbound_traffic_policy
+        && p.egress_proxy.is_some()
+    {
+        warn(p.pos, not_yet("Sidecar", "outboundTrafficPolicy.egressProxy"));
     }
 }
 

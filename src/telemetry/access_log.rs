@@ -73,7 +73,7 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
         e.texts.path(),
         e.protocol,
         e.status,
-        dash(e.response_flags),
+        e.response_flags,
         e.bytes_received,
         e.bytes_sent,
         e.duration_ms,

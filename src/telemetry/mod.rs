@@ -2,6 +2,9 @@
 //! the hot path (never blocking; drops are counted) and written to `<state-dir>/access.log`.
 
 pub mod access_log;
+pub mod flags;
+
+pub use flags::Flags;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +47,7 @@ pub struct RequestEvent {
     pub texts: Texts,
     pub protocol: &'static str,
     pub status: u16,
-    pub response_flags: &'static str,
+    pub response_flags: Flags,
     pub duration_ms: u64,
     pub upstream_service_time_ms: Option<u64>,
     pub bytes_sent: u64,

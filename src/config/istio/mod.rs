@@ -1,7 +1,9 @@
 //! Istio resources: kinds and versions as the CRDs define them, the resource envelope
 //! (apiVersion, kind, metadata, spec), and reading them from YAML documents.
 
+pub mod destination_rule;
 pub mod gateway;
+pub mod service_entry;
 pub mod validate;
 pub mod virtual_service;
 
@@ -16,7 +18,9 @@ use super::names;
 use super::source::Documents;
 use super::yaml::{self, Node, Spanned, Value};
 
+pub use destination_rule::DestinationRuleSpec;
 pub use gateway::GatewaySpec;
+pub use service_entry::{ServiceEntrySpec, SidecarSpec};
 pub use virtual_service::VirtualServiceSpec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -146,8 +150,11 @@ pub struct Origin {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Spec {
-    VirtualService(VirtualServiceSpec),
-    Gateway(GatewaySpec),
+    VirtualService(Box<VirtualServiceSpec>),
+    Gateway(Box<GatewaySpec>),
+    DestinationRule(Box<DestinationRuleSpec>),
+    ServiceEntry(Box<ServiceEntrySpec>),
+    Sidecar(Box<SidecarSpec>),
     /// A kind devmesh stores and shows but does not act on yet.
     Opaque(serde_json::Value),
 }
@@ -273,11 +280,23 @@ fn read_resource(doc: &Node, file: &Arc<str>, default_namespace: &str, diags: &m
     let (metadata, spec) = match kind {
         Kind::VirtualService => {
             let env: Envelope<VirtualServiceSpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::VirtualService(env.spec.unwrap_or_default()))
+            (env.metadata, Spec::VirtualService(Box::new(env.spec.unwrap_or_default())))
         }
         Kind::Gateway => {
             let env: Envelope<GatewaySpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::Gateway(env.spec.unwrap_or_default()))
+            (env.metadata, Spec::Gateway(Box::new(env.spec.unwrap_or_default())))
+        }
+        Kind::DestinationRule => {
+            let env: Envelope<DestinationRuleSpec> = yaml::from_node(doc, file, diags)?;
+            (env.metadata, Spec::DestinationRule(Box::new(env.spec.unwrap_or_default())))
+        }
+        Kind::ServiceEntry => {
+            let env: Envelope<ServiceEntrySpec> = yaml::from_node(doc, file, diags)?;
+            (env.metadata, Spec::ServiceEntry(Box::new(env.spec.unwrap_or_default())))
+        }
+        Kind::Sidecar => {
+            let env: Envelope<SidecarSpec> = yaml::from_node(doc, file, diags)?;
+            (env.metadata, Spec::Sidecar(Box::new(env.spec.unwrap_or_default())))
         }
         _ => {
             let env: Envelope<serde::de::IgnoredAny> = yaml::from_node(doc, file, diags)?;
@@ -390,7 +409,7 @@ mod tests {
         let Spec::VirtualService(vs) = &res[0].spec else { panic!("typed") };
         assert_eq!(vs.http[0].route[0].destination.as_ref().unwrap().subset.as_ref().unwrap().value, "v1");
         assert_eq!(res[1].metadata.namespace, "prod");
-        assert!(matches!(&res[1].spec, Spec::Opaque(v) if v["host"] == "reviews"));
+        assert!(matches!(&res[1].spec, Spec::DestinationRule(dr) if dr.host.value == "reviews"));
     }
 
     #[test]

@@ -1,103 +1,18 @@
-//! Istio's validation rules (VALIDATION.md) for the kinds devmesh reads, each error at the
-//! line and column of the offending field, with Istio's wording.
+//! VirtualService rules (VALIDATION.md §1).
 
-use std::sync::Arc;
-
-use crate::config::diag::{Diagnostics, Pos};
+use crate::config::diag::Pos;
 use crate::config::duration;
+use crate::config::istio::Resource;
+use crate::config::istio::virtual_service::*;
 use crate::config::names;
-use crate::config::yaml::{OrderedMap, Spanned};
+use crate::config::yaml::Spanned;
 
-use super::gateway::{GatewaySpec, Server, TlsMode};
-use super::virtual_service::*;
-use super::{Resource, Spec};
+use super::{
+    V, check_duration, compile_regex, export_to, gateway_ref, header_map, host_covers, hosts_overlap, port,
+    string_match,
+};
 
-struct V<'a> {
-    file: Arc<str>,
-    diags: &'a mut Diagnostics,
-}
-
-impl V<'_> {
-    fn err(&mut self, pos: Pos, msg: impl Into<String>) {
-        self.diags.error(&self.file, pos, msg);
-    }
-    fn warn(&mut self, pos: Pos, msg: impl Into<String>) {
-        self.diags.warning(&self.file, pos, msg);
-    }
-}
-
-/// Checks one resource; problems go to `diags` against the resource's file.
-pub fn validate(res: &Resource, diags: &mut Diagnostics) {
-    let mut v = V { file: res.origin.file.clone(), diags };
-    match &res.spec {
-        Spec::VirtualService(vs) => virtual_service(&mut v, res, vs),
-        Spec::Gateway(gw) => gateway(&mut v, res, gw),
-        Spec::Opaque(_) => {}
-    }
-}
-
-/// Compiles an Istio regex as Envoy uses it (RE2 semantics, whole-string match).
-pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    if pattern.len() > 1024 {
-        return Err("regex is too large, max length allowed is 1024".into());
-    }
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        let detail = e.to_string();
-        let last =
-            detail.lines().rfind(|l| l.starts_with("error:")).unwrap_or("invalid regex").trim_start_matches("error: ");
-        format!("{last}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
-    })
-}
-
-fn duration(v: &mut V, d: &Spanned<String>) {
-    if let Err(e) = duration::parse_istio(d) {
-        v.err(d.pos, e);
-    }
-}
-
-fn port(v: &mut V, p: &Spanned<u32>) {
-    if p.value < 1 || p.value > 65535 {
-        v.err(p.pos, format!("port number {} must be in the range 1..65535", p.value));
-    }
-}
-
-fn string_match(v: &mut V, what: &str, m: &Spanned<StringMatch>, allow_empty_prefix: bool) {
-    if m.count() > 1 {
-        v.err(m.pos, format!("{what:?}: only one of `exact`, `prefix` or `regex` may be set"));
-    }
-    if let Some(p) = &m.prefix
-        && p.is_empty()
-        && !allow_empty_prefix
-    {
-        v.err(p.pos, format!("{what:?}: prefix string match should not be empty"));
-    }
-    if let Some(r) = &m.regex {
-        if r.is_empty() {
-            v.err(r.pos, format!("{what:?}: regex string match should not be empty"));
-        } else if let Err(e) = compile_regex(r) {
-            v.err(r.pos, format!("{what:?}: {e}"));
-        }
-    }
-}
-
-fn header_map(v: &mut V, what: &str, map: &OrderedMap<Spanned<String>, Spanned<StringMatch>>, without: bool) {
-    for (name, m) in map.iter() {
-        let ok = names::is_http_token(name)
-            || matches!(name.as_str(), ":method" | ":scheme" | ":authority" | ":path" | ":status")
-            || name.starts_with("@request.auth.claims.");
-        if name.is_empty() {
-            v.err(name.pos, "header name cannot be empty");
-        } else if !ok {
-            v.err(name.pos, format!("header name {} is not a valid header name", name.value));
-        }
-        if without && m.regex.as_ref().map(|r| r.as_str()) == Some("*") {
-            continue;
-        }
-        string_match(v, what, m, false);
-    }
-}
-
-fn destination(v: &mut V, d: &Destination) {
+pub(super) fn destination(v: &mut V, d: &Destination) {
     if d.host.is_empty() {
         v.err(d.at.0, "missing field `host`: destination host is required");
     } else if d.host.as_str() == "*" {
@@ -132,32 +47,6 @@ fn weights(v: &mut V, items: &[(Pos, Option<&Spanned<i32>>)]) {
     }
 }
 
-fn gateway_ref(v: &mut V, g: &Spanned<String>) {
-    if g.as_str() == "mesh" {
-        return;
-    }
-    if let Some((ns, name)) = g.split_once('/') {
-        if ns.is_empty() || name.is_empty() {
-            v.err(g.pos, "config namespace and gateway name cannot be empty");
-        } else if !names::is_dns1123_label(ns) {
-            v.err(g.pos, format!("invalid value for namespace: {ns:?}"));
-        } else if !names::is_dns1123_label(name) {
-            v.err(g.pos, format!("invalid value for gateway name: {name:?}"));
-        }
-    } else if let Err(e) = names::check_fqdn(g) {
-        v.err(g.pos, e);
-    } else if g.contains('.') {
-        let (name, ns) = g.split_once('.').unwrap_or((g.as_str(), ""));
-        v.warn(
-            g.pos,
-            format!(
-                "using legacy gatewayName format {:?}; prefer the <namespace>/<name> format: \"{ns}/{name}\"",
-                g.value
-            ),
-        );
-    }
-}
-
 fn header_ops(v: &mut V, h: &Headers) {
     for (ops, request) in [(&h.request, true), (&h.response, false)] {
         let Some(ops) = ops else { continue };
@@ -188,14 +77,14 @@ fn header_op_name(v: &mut V, name: &Spanned<String>, request: bool, set_or_add: 
     }
 }
 
-fn percent(v: &mut V, p: &Spanned<Percent>) {
+pub(super) fn percent(v: &mut V, p: &Spanned<Percent>) {
     let x = p.value.value;
     if !(x == 0.0 || (0.0001..=100.0).contains(&x)) {
         v.err(p.pos, format!("percentage {x} is neither 0.0, nor in range [0.0001, 100.0]"));
     }
 }
 
-const RETRY_ON: &[&str] = &[
+pub const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
     "reset",
@@ -249,10 +138,10 @@ fn retries(v: &mut V, r: &Spanned<HttpRetry>) {
         v.err(r.pos, "http retry policy configured when attempts are set to 0 (disabled)");
     }
     if let Some(t) = &r.per_try_timeout {
-        duration(v, t);
+        check_duration(v, t);
     }
     if let Some(b) = &r.backoff {
-        duration(v, b);
+        check_duration(v, b);
     }
     if let Some(on) = &r.retry_on {
         for item in on.split(',').map(str::trim) {
@@ -301,7 +190,7 @@ fn fault(v: &mut V, f: &Spanned<HttpFaultInjection>) {
             percent(v, p);
         }
         if let Some(fd) = &d.fixed_delay {
-            duration(v, fd);
+            check_duration(v, fd);
         }
         if let Some(e) = &d.exponential_delay {
             v.err(e.pos, "exponentialDelay not supported yet");
@@ -398,7 +287,7 @@ fn http_route(v: &mut V, r: &HttpRoute, delegate_vs: bool) {
         v.err(r.at.0, "HTTP route cannot contain both mirror and mirrors");
     }
     if let Some(t) = &r.timeout {
-        duration(v, t);
+        check_duration(v, t);
     }
     if let Some(rt) = &r.retries {
         retries(v, rt);
@@ -549,7 +438,7 @@ fn l4_routes(v: &mut V, what: &str, routes: &[RouteDestination], at: Pos) {
     weights(v, &ws);
 }
 
-fn virtual_service(v: &mut V, res: &Resource, vs: &VirtualServiceSpec) {
+pub(super) fn virtual_service(v: &mut V, res: &Resource, vs: &VirtualServiceSpec) {
     let at = if vs.at.0 == Pos::default() { res.origin.pos } else { vs.at.0 };
     let delegate = vs.hosts.is_empty();
     let bound_to_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g.as_str() == "mesh");
@@ -674,232 +563,5 @@ fn unreachable_rules(v: &mut V, vs: &VirtualServiceSpec) {
         if matches_all && i + 1 < vs.http.len() {
             catch_all = Some(i);
         }
-    }
-}
-
-fn export_to(v: &mut V, entries: &[Spanned<String>], service_entry: bool) {
-    let mut seen: Vec<&str> = Vec::new();
-    for e in entries {
-        let s = e.as_str();
-        if s == "~" && !service_entry {
-            v.err(e.pos, "exportTo ~ (none) is not allowed for Istio configuration objects");
-        } else if !(s == "." || s == "*" || s == "~" || names::is_dns1123_label(s)) {
-            v.err(e.pos, "only .,*, or a valid DNS 1123 label is allowed as exportTo entry");
-        }
-        if seen.contains(&s) {
-            v.err(e.pos, format!("duplicate entries in exportTo for entry {s}"));
-        }
-        seen.push(s);
-    }
-    if seen.contains(&"*")
-        && seen.len() > 1
-        && let Some(e) = entries.first()
-    {
-        v.err(e.pos, "cannot have both public (*) and non-public exportTo values for a resource");
-    }
-}
-
-/// Whether wildcard host `a` matches host `b` (`*.bar` covers `foo.bar` and `*.foo.bar`).
-pub fn host_covers(a: &str, b: &str) -> bool {
-    if a == b || a == "*" {
-        return true;
-    }
-    match a.strip_prefix('*') {
-        Some(suffix) => b.ends_with(suffix) && b.len() > suffix.len(),
-        None => false,
-    }
-}
-
-fn hosts_overlap(a: &str, b: &str) -> bool {
-    host_covers(a, b) || host_covers(b, a)
-}
-
-fn gateway(v: &mut V, res: &Resource, gw: &GatewaySpec) {
-    let at = if gw.at.0 == Pos::default() { res.origin.pos } else { gw.at.0 };
-    if gw.servers.is_empty() {
-        v.err(at, "gateway must have at least one server");
-    }
-    let mut port_names: Vec<&str> = Vec::new();
-    for s in &gw.servers {
-        server(v, s, &mut port_names);
-    }
-    for (k, val) in gw.selector.iter() {
-        if k.is_empty() {
-            v.err(k.pos, format!("empty key is not supported in selector: {:?}", k.value));
-        } else if k.contains('*') || val.contains('*') {
-            v.err(k.pos, format!("wildcard is not supported in selector: {:?}", k.value));
-        }
-    }
-}
-
-fn server<'a>(v: &mut V, s: &'a Server, port_names: &mut Vec<&'a str>) {
-    if s.hosts.is_empty() {
-        v.err(s.at.0, "server config must contain at least one host");
-    }
-    for h in &s.hosts {
-        if let Err(e) = names::check_gateway_host(h) {
-            v.err(h.pos, e);
-        }
-    }
-    let Some(p) = &s.port else {
-        v.err(s.at.0, "port is required");
-        return;
-    };
-    match &p.name {
-        Some(n) if !n.is_empty() => {
-            if port_names.contains(&n.as_str()) {
-                v.err(n.pos, format!("port names in servers must be unique: duplicate name {}", n.value));
-            }
-            port_names.push(n.as_str());
-        }
-        _ => v.err(p.at.0, "port name must be set: missing field `name`"),
-    }
-    let unix = s.bind.as_ref().is_some_and(|b| b.starts_with("unix://"));
-    match &p.number {
-        Some(n) if unix && n.value != 0 => {
-            v.err(n.pos, format!("port number must be 0 for unix domain socket: {}", n.value))
-        }
-        Some(n) if !unix && !(1..=65535).contains(&n.value) => {
-            v.err(n.pos, format!("port number {} must be in the range 1..65535", n.value))
-        }
-        None if !unix => v.err(p.at.0, "missing field `number`"),
-        _ => {}
-    }
-    if let Some(t) = &p.target_port {
-        v.err(t.pos, "targetPort has no impact on Gateways");
-    }
-    if let Some(b) = &s.bind
-        && !unix
-        && b.parse::<std::net::IpAddr>().is_err()
-    {
-        v.err(b.pos, format!("{} is not a valid IP", b.value));
-    }
-    let protocol = match &p.protocol {
-        Some(pr) => {
-            let up = pr.to_ascii_uppercase();
-            let known = ["HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "REDIS", "MYSQL"];
-            if !known.contains(&up.as_str()) {
-                v.err(
-                    pr.pos,
-                    format!(
-                        "invalid protocol {:?}, supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
-                        pr.value
-                    ),
-                );
-            }
-            up
-        }
-        None => {
-            v.err(p.at.0, "missing field `protocol`");
-            String::new()
-        }
-    };
-    let tls_proto = protocol == "HTTPS" || protocol == "TLS";
-    match &s.tls {
-        None if tls_proto => v.err(s.at.0, "server must have TLS settings for HTTPS/TLS protocols"),
-        Some(t) if !tls_proto => {
-            let redirect_only = t.https_redirect
-                && t.mode.is_none()
-                && t.credential_name.is_none()
-                && t.server_certificate.is_none()
-                && t.private_key.is_none();
-            if protocol == "HTTP" && !redirect_only {
-                v.err(t.pos, "server cannot have TLS settings for plain text HTTP ports");
-            } else if protocol != "HTTP" && !protocol.is_empty() {
-                v.err(t.pos, "server cannot have TLS settings for non HTTPS/TLS ports");
-            }
-        }
-        Some(t) if t.mode == Some(TlsMode::IstioMutual) => {
-            for (set, what) in [
-                (t.server_certificate.is_some(), "server certificate"),
-                (t.private_key.is_some(), "private key"),
-                (t.ca_certificates.is_some(), "CA bundle"),
-                (!t.tls_certificates.is_empty(), "tlsCertificates"),
-                (t.credential_name.is_some(), "credentialName"),
-                (!t.credential_names.is_empty(), "credentialNames"),
-            ] {
-                if set {
-                    v.err(t.pos, format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::istio::read_resources;
-    use crate::config::source::parse_documents;
-
-    fn check(text: &str) -> String {
-        let mut diags = Diagnostics::new();
-        let docs = parse_documents(Arc::from("v.yaml"), text, &mut diags);
-        for r in read_resources(&docs, "default", &mut diags) {
-            validate(&r, &mut diags);
-        }
-        diags.render()
-    }
-
-    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n";
-
-    #[test]
-    fn regex_is_anchored_and_errors_name_re2() {
-        let re = compile_regex("/api/v[0-9]+").unwrap();
-        assert!(re.is_match("/api/v12") && !re.is_match("/api/v12/x"));
-        assert!(
-            compile_regex("(")
-                .unwrap_err()
-                .ends_with("Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
-        );
-    }
-
-    #[test]
-    fn virtual_service_rules_with_positions() {
-        let text = format!(
-            "{VS}  hosts: [reviews, \"*\"]\n  http:\n  - match:\n    - uri: {{regex: \"(\"}}\n    route:\n    - destination: {{host: reviews, subset: Bad_Subset}}\n      weight: -1\n  - timeout: 10\n    redirect: {{uri: /x}}\n    route:\n    - destination: {{host: ratings}}\n"
-        );
-        let out = check(&text);
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(
-            lines.contains(
-                &"v.yaml:5:20: error: wildcard host * is not allowed for virtual services bound to the mesh gateway"
-            ),
-            "{out}"
-        );
-        assert!(lines.iter().any(|l| l.starts_with("v.yaml:8:20: error: \"uri\": ")), "{out}");
-        assert!(lines.contains(&"v.yaml:10:44: error: subset name is invalid: Bad_Subset"), "{out}");
-        assert!(lines.contains(&"v.yaml:11:15: error: weight -1 < 0"), "{out}");
-        assert!(lines.contains(&"v.yaml:12:14: error: time: missing unit in duration \"10\""), "{out}");
-        assert!(lines.contains(&"v.yaml:13:15: error: HTTP route cannot contain both route and redirect"), "{out}");
-    }
-
-    #[test]
-    fn unreachable_rule_after_catch_all_is_a_warning() {
-        let text = format!(
-            "{VS}  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n  - match: [{{uri: {{prefix: /a}}}}]\n    route:\n    - destination: {{host: reviews}}\n"
-        );
-        assert_eq!(
-            check(&text),
-            "v.yaml:9:5: warning: virtualService rule #1 not used (route without matches defined before)\n"
-        );
-    }
-
-    #[test]
-    fn gateway_rules() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [reviews]\n  - port: {number: 443, name: http, protocol: HTTPS}\n    hosts: [\"*\"]\n";
-        assert_eq!(
-            check(text),
-            "v.yaml:8:13: error: short names (non FQDN) are not allowed\n\
-             v.yaml:9:5: error: server must have TLS settings for HTTPS/TLS protocols\n\
-             v.yaml:9:31: error: port names in servers must be unique: duplicate name http\n"
-        );
-    }
-
-    #[test]
-    fn istio_bookinfo_gateway_is_valid() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: bookinfo-gateway\nspec:\n  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 8080\n      name: http\n      protocol: HTTP\n    hosts:\n    - \"*\"\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: bookinfo\nspec:\n  hosts:\n  - \"*\"\n  gateways:\n  - bookinfo-gateway\n  http:\n  - match:\n    - uri:\n        exact: /productpage\n    - uri:\n        prefix: /static\n    route:\n    - destination:\n        host: productpage\n        port:\n          number: 9080\n";
-        assert_eq!(check(text), "");
     }
 }

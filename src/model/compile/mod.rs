@@ -1,0 +1,339 @@
+//! Compiles the topology and Istio resources into a [`MeshSnapshot`]: the registry (mesh
+//! services and ServiceEntry hosts), clusters with their endpoints and policies, sidecar
+//! route tables per service port (HTTP and TCP/TLS), gateway virtual hosts per listener and
+//! the Sidecar scope of every instance. Everything per request (regexes, host qualification,
+//! weights, DestinationRule lookups) is done here, once.
+
+mod analyze;
+mod clusters;
+mod http;
+mod tcp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::diag::Diagnostics;
+use crate::config::istio::gateway::GatewaySpec;
+use crate::config::istio::validate::host_covers;
+use crate::config::istio::{Resource, Spec, VirtualServiceSpec};
+use crate::config::mesh::{OutboundMode, Protocol};
+use crate::config::yaml::{OrderedMap, Spanned};
+
+use super::cluster::{Address, Cluster, ClusterKey, Endpoint, Transport};
+use super::hosts;
+use super::lb::Lb;
+use super::policy::RetryPolicy;
+use super::registry::{Registry, exported_to};
+use super::routes::{Action, Forward, Route, RouteOrigin, RouteTable, TcpTable, WeightedCluster};
+use super::snapshot::{GatewayListener, MeshSnapshot, VirtualHost};
+use super::support;
+use super::topology::Topology;
+
+use self::clusters::Clusters;
+use self::http::qualify_gateway;
+use self::http::{ByName, HttpCompiler};
+use self::tcp::TcpCompiler;
+
+pub struct Compiled {
+    pub snapshot: MeshSnapshot,
+    /// What the configuration asks for that this snapshot does not do, and likely mistakes.
+    pub warnings: Diagnostics,
+}
+
+pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: u64, mode: OutboundMode) -> Compiled {
+    let mut warnings = Diagnostics::new();
+    for r in resources.iter() {
+        support::unsupported(r, &mut warnings);
+    }
+    let registry = Registry::build(&topology, &resources, &mut warnings);
+    let mesh_ns = topology.namespace.clone();
+    let mut clusters = Clusters::new(&topology, &registry, &resources);
+
+    let virtual_services: Vec<(&Resource, &VirtualServiceSpec)> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::VirtualService(vs) => Some((r, vs.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let by_name: ByName = virtual_services
+        .iter()
+        .map(|(r, vs)| ((r.metadata.namespace.clone(), r.metadata.name.clone()), (*r, *vs)))
+        .collect();
+
+    // Sidecar routes, per registry service port.
+    let mut mesh_routes = HashMap::new();
+    let mut tcp_routes = HashMap::new();
+    for (si, svc) in registry.services.iter().enumerate() {
+        if !svc.visible_to(&mesh_ns) {
+            continue;
+        }
+        let bound = mesh_virtual_services(&virtual_services, &registry, si, &mesh_ns);
+        for port in &svc.ports {
+            let mut routes = Vec::new();
+            let mut tcp = Vec::new();
+            for (r, vs) in &bound {
+                let mut h = HttpCompiler {
+                    clusters: &mut clusters,
+                    registry: &registry,
+                    by_name: &by_name,
+                    client_ns: &mesh_ns,
+                };
+                routes.extend(h.routes(r, vs, Some(port.port)));
+                let mut t = TcpCompiler { clusters: &mut clusters, registry: &registry, client_ns: &mesh_ns };
+                tcp.extend(t.routes(r, vs, port.port));
+            }
+            let http_like = port.protocol.is_http() || port.protocol == Protocol::Unknown;
+            if routes.is_empty() && http_like {
+                let cluster = clusters.get(&mesh_ns, Some(si), &svc.host, None, port.port);
+                routes.push(default_route(cluster));
+            }
+            mesh_routes.insert((si, port.port), Arc::new(RouteTable { routes }));
+            if tcp.is_empty() {
+                let cluster = clusters.get(&mesh_ns, Some(si), &svc.host, None, port.port);
+                tcp.push(super::routes::TcpRoute {
+                    origin: RouteOrigin { virtual_service: String::new(), index: 0, name: Some("default".into()) },
+                    matches: Vec::new(),
+                    destinations: vec![WeightedCluster { cluster, weight: 100, headers: Default::default() }],
+                    total_weight: 100,
+                });
+            }
+            tcp_routes.insert((si, port.port), Arc::new(TcpTable { routes: tcp }));
+        }
+    }
+
+    // Gateway routes, per gateway listener.
+    let gateways: Vec<(&Resource, &GatewaySpec)> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Gateway(g) => Some((r, g.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut gateway_routes = HashMap::new();
+    for (gi, gw) in topology.gateways.iter().enumerate() {
+        for (server_port, local) in &gw.listeners {
+            let mut listener = GatewayListener::default();
+            for (res, spec) in &gateways {
+                if !selector_matches(&spec.selector, &gw.labels) {
+                    continue;
+                }
+                let gw_key = format!("{}/{}", res.metadata.namespace, res.metadata.name);
+                for server in &spec.servers {
+                    let Some(num) = server.port.as_ref().and_then(|p| p.number.as_ref()).map(|n| n.value) else {
+                        continue;
+                    };
+                    if !server_binds(num, *server_port, local.port()) {
+                        continue;
+                    }
+                    let proto = server.port.as_ref().and_then(|p| p.protocol.as_ref()).map(|p| Protocol::parse(p));
+                    if !proto.is_some_and(Protocol::is_http) {
+                        continue;
+                    }
+                    for (vs_res, vs) in &virtual_services {
+                        if !vs_binds_gateway(vs, &vs_res.metadata.namespace, &gw_key)
+                            || !exported_to(&export_list(&vs.export_to), &vs_res.metadata.namespace, &gw.namespace)
+                        {
+                            continue;
+                        }
+                        let domains = intersect_hosts(&server.hosts, &vs.hosts, &vs_res.metadata.namespace);
+                        if domains.is_empty() {
+                            continue;
+                        }
+                        let mut h = HttpCompiler {
+                            clusters: &mut clusters,
+                            registry: &registry,
+                            by_name: &by_name,
+                            client_ns: &gw.namespace,
+                        };
+                        let routes = h.routes(vs_res, vs, Some(*server_port));
+                        merge_vhost(&mut listener, domains, gw_key.clone(), routes);
+                    }
+                }
+            }
+            gateway_routes.insert((gi, *server_port), Arc::new(listener));
+        }
+    }
+
+    analyze::analyze(&resources, &registry, &clusters, &mesh_ns, &mut warnings);
+    let scopes = super::scope::scopes(&topology, &resources, mode);
+    let cluster_map = clusters.built(&mesh_ns);
+    drop(clusters);
+    Compiled {
+        snapshot: MeshSnapshot {
+            version,
+            outbound_mode: mode,
+            topology: topology.clone(),
+            resources: resources.clone(),
+            registry,
+            clusters: cluster_map,
+            mesh_routes,
+            tcp_routes,
+            gateway_routes,
+            scopes,
+            passthrough: Arc::new(passthrough_table()),
+            blackhole: Arc::new(blackhole_table()),
+        },
+        warnings,
+    }
+}
+
+/// The route of a service no VirtualService routes: all of it to the service, with Istio's
+/// default retry policy.
+fn default_route(cluster: Arc<Cluster>) -> Route {
+    Route::new(
+        RouteOrigin { virtual_service: String::new(), index: 0, name: Some("default".into()) },
+        Vec::new(),
+        Action::Route(Box::new(Forward {
+            destinations: vec![WeightedCluster { cluster, weight: 100, headers: Default::default() }],
+            total_weight: 100,
+            timeout: None,
+            retry: RetryPolicy::istio_default(),
+            mirrors: Vec::new(),
+            rewrite: None,
+        })),
+    )
+}
+
+/// Istio's `allow_any` route: hosts outside the registry go to where the client asked
+/// (`PassthroughCluster`).
+fn passthrough_table() -> RouteTable {
+    let key = ClusterKey { host: "PassthroughCluster".into(), subset: None, port: 0 };
+    let ep = Endpoint::external("original-destination".into(), Address::OriginalDestination);
+    let cluster = Arc::new(Cluster::new(key, None, Protocol::Unknown, vec![ep], Lb::RoundRobin, Transport::Plaintext));
+    let mut route = default_route(cluster);
+    route.origin.name = Some("allow_any".into());
+    route.name = Arc::from("allow_any");
+    if let Action::Route(f) = &mut route.action {
+        f.retry = RetryPolicy::none();
+    }
+    RouteTable { routes: vec![route] }
+}
+
+/// Istio's `block_all` route under REGISTRY_ONLY: 502 for hosts outside the registry.
+fn blackhole_table() -> RouteTable {
+    let origin = RouteOrigin { virtual_service: String::new(), index: 0, name: Some("block_all".into()) };
+    RouteTable {
+        routes: vec![Route::new(origin, Vec::new(), Action::DirectResponse { status: 502, body: bytes::Bytes::new() })],
+    }
+}
+
+fn export_list(e: &[Spanned<String>]) -> Vec<String> {
+    e.iter().map(|s| s.value.clone()).collect()
+}
+
+/// A VirtualService without `gateways` applies to the mesh, as does one listing `mesh`.
+fn applies_to_mesh(vs: &VirtualServiceSpec) -> bool {
+    vs.gateways.is_empty() || vs.gateways.iter().any(|g| g.as_str() == "mesh")
+}
+
+/// How specifically a VirtualService host names registry service `si`: exact beats the
+/// longest wildcard; `None` when it does not.
+fn host_rank(registry: &Registry, host: &str, namespace: &str, si: usize) -> Option<usize> {
+    let svc = registry.get(si)?;
+    let q = hosts::qualify(host, namespace);
+    if q == svc.host || registry.find(host, namespace) == Some(si) {
+        return Some(usize::MAX);
+    }
+    (q.starts_with('*') && host_covers(&q, &svc.host)).then_some(q.len())
+}
+
+/// The VirtualServices a sidecar uses for service `si`: those for the mesh, visible in
+/// `mesh_ns`, naming the service most specifically; the first one wins a host (Istio merges
+/// VirtualServices for one host only on gateways).
+fn mesh_virtual_services<'a>(
+    all: &[(&'a Resource, &'a VirtualServiceSpec)],
+    registry: &Registry,
+    si: usize,
+    mesh_ns: &str,
+) -> Vec<(&'a Resource, &'a VirtualServiceSpec)> {
+    let mut best: Option<(usize, (&Resource, &VirtualServiceSpec))> = None;
+    for (r, vs) in all {
+        if !applies_to_mesh(vs) || !exported_to(&export_list(&vs.export_to), &r.metadata.namespace, mesh_ns) {
+            continue;
+        }
+        let rank = vs.hosts.iter().filter_map(|h| host_rank(registry, h, &r.metadata.namespace, si)).max();
+        if let Some(rank) = rank
+            && best.is_none_or(|(b, _)| rank > b)
+        {
+            best = Some((rank, (*r, *vs)));
+        }
+    }
+    best.map(|(_, v)| vec![v]).unwrap_or_default()
+}
+
+/// Whether a Gateway server port belongs to the listener for mesh-file port `service_port`
+/// (bound locally on `local_port`). Istio accepts the gateway Service's port or its target
+/// port; devmesh's gateways have the default ingress gateway's (80 → 8080, 443 → 8443), and
+/// the local port counts too.
+pub fn server_binds(server_port: i64, service_port: u16, local_port: u16) -> bool {
+    let target = match service_port {
+        80 => 8080,
+        443 => 8443,
+        p => p,
+    };
+    server_port == i64::from(service_port) || server_port == i64::from(target) || server_port == i64::from(local_port)
+}
+
+fn vs_binds_gateway(vs: &VirtualServiceSpec, namespace: &str, gw_key: &str) -> bool {
+    vs.gateways.iter().any(|g| qualify_gateway(g, namespace) == gw_key)
+}
+
+fn selector_matches(
+    selector: &OrderedMap<Spanned<String>, Spanned<String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.value))
+}
+
+/// The hosts both a Gateway server and a VirtualService admit (Istio intersects them).
+fn intersect_hosts(server_hosts: &[Spanned<String>], vs_hosts: &[Spanned<String>], vs_namespace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for sh in server_hosts {
+        let (ns, dns) = sh.split_once('/').unwrap_or(("*", sh.as_str()));
+        if !(ns == "*" || ns == "." || ns == vs_namespace) {
+            continue;
+        }
+        for vh in vs_hosts {
+            let vh = hosts::normalize(vh);
+            let d = if host_covers(dns, &vh) {
+                vh.into_owned()
+            } else if host_covers(&vh, dns) {
+                dns.to_string()
+            } else {
+                continue;
+            };
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Adds routes under `domains`; a virtual host already holding the domains gets the routes
+/// appended (Istio merges VirtualServices bound to the same gateway host).
+fn merge_vhost(listener: &mut GatewayListener, domains: Vec<String>, gateway: String, routes: Vec<Route>) {
+    if let Some(vh) = listener.virtual_hosts.iter_mut().find(|vh| vh.domains == domains) {
+        vh.table.routes.extend(routes);
+        return;
+    }
+    listener.virtual_hosts.push(VirtualHost { domains, gateway, table: RouteTable { routes } });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_server_ports_bind_like_the_ingress_gateway_service() {
+        assert!(server_binds(80, 80, 8080));
+        assert!(server_binds(8080, 80, 8080), "Istio's bookinfo-gateway uses the target port");
+        assert!(server_binds(8080, 80, 41234), "the target port works whatever the local port");
+        assert!(server_binds(8443, 443, 0));
+        assert!(server_binds(9000, 9000, 1234));
+        assert!(server_binds(1234, 9000, 1234));
+        assert!(!server_binds(8080, 443, 8443));
+        assert!(!server_binds(81, 80, 8080));
+    }
+}
