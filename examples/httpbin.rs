@@ -12,12 +12,19 @@
 //!   GET  /env                    the process environment as JSON
 //!   GET  /fetch?url=URL          fetches URL through $HTTP_PROXY (or directly) and reports it
 //!   POST /exit/{code}            exits the process with that code
+//!   GET  /log                    the requests this process served (method, path, host,
+//!                                x-envoy-attempt-count), oldest first; DELETE /log clears it
+//!   POST /stream?n=N&ms=M&grpc-status=S   N body chunks M ms apart, then trailers
+//!                                (`grpc-status: S`): a gRPC-style streaming answer
 //!
 //! `--tcp-echo` serves a line-echo TCP protocol instead (server greets first: `hello <pod>\n`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,13 +138,81 @@ async fn fetch(url: &str) -> Result<Value, String> {
     Ok(json!({"via_proxy": proxy, "status": status, "headers": headers, "body": body}))
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Requests served, for tests that count attempts at the upstream (bounded).
+static LOG: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+fn log(req: &http::request::Parts) {
+    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let entry = json!({
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "host": header("host").or_else(|| req.uri.authority().map(|a| a.to_string())),
+        "attempt": header("x-envoy-attempt-count"),
+        "request_id": header("x-request-id"),
+    });
+    if let Ok(mut l) = LOG.lock()
+        && l.len() < 100_000
+    {
+        l.push(entry);
+    }
+}
+
+/// A body fed by a channel: data chunks, then trailers.
+struct Chunks(tokio::sync::mpsc::Receiver<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn stream(req: &http::request::Parts) -> Response<AnyBody> {
+    let q = query(req);
+    let n: usize = q.get("n").and_then(|v| v.parse().ok()).unwrap_or(3).min(1000);
+    let ms: u64 = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(100).min(10_000);
+    let status = q.get("grpc-status").cloned().unwrap_or_else(|| "0".into());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if tx.send(hyper::body::Frame::data(Bytes::from(format!("chunk {i}\n")))).await.is_err() {
+                return;
+            }
+        }
+        let mut trailers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&status) {
+            trailers.insert("grpc-status", v);
+        }
+        trailers.insert("grpc-message", http::HeaderValue::from_static("done"));
+        let _ = tx.send(hyper::body::Frame::trailers(trailers)).await;
+    });
+    let mut r = Response::new(http_body_util::BodyExt::boxed(Chunks(rx)));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    r
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<AnyBody>, Infallible> {
     if req.uri().path() == "/hello" {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"hello world\n")));
+        let mut r = Response::new(Full::new(Bytes::from_static(b"hello world\n")).boxed());
         r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         return Ok(r);
     }
     let (req, body) = req.into_parts();
+    if !matches!(req.uri.path(), "/log" | "/health") {
+        log(&req);
+    }
+    if req.uri.path() == "/stream" {
+        return Ok(stream(&req));
+    }
     let body = http_body_util::Limited::new(body, 8 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = req.uri.path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -174,6 +249,13 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Ful
             },
             None => respond(StatusCode::BAD_REQUEST, "text/plain", "fetch needs ?url=\n"),
         },
+        ["log"] if req.method == http::Method::DELETE => {
+            if let Ok(mut l) = LOG.lock() {
+                l.clear();
+            }
+            respond(StatusCode::OK, "text/plain", "cleared\n")
+        }
+        ["log"] => json_response(StatusCode::OK, &Value::Array(LOG.lock().map(|l| l.clone()).unwrap_or_default())),
         ["exit", code] => {
             let code: i32 = code.parse().unwrap_or(1);
             tokio::spawn(async move {
@@ -184,7 +266,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Ful
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     };
-    Ok(resp)
+    Ok(resp.map(|b| b.boxed()))
 }
 
 async fn tcp_echo(listener: tokio::net::TcpListener) {

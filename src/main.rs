@@ -9,6 +9,7 @@ mod admin;
 mod app;
 mod cli;
 mod config;
+mod control;
 mod dataplane;
 mod identity;
 mod model;
@@ -67,6 +68,9 @@ fn main() -> ExitCode {
             }
             Command::Down(a) => cli::control::down(&a.admin).await,
             Command::Get(a) => cli::get::run(a).await,
+            Command::Apply(a) => cli::apply::apply(a).await,
+            Command::Delete(a) => cli::apply::delete(a).await,
+            Command::ProxyConfig(a) => cli::proxy_config::run(a).await,
             Command::Validate(_) | Command::Ca { .. } => Ok(ExitCode::SUCCESS),
         }
     });

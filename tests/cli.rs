@@ -119,7 +119,7 @@ fn help_offers_only_what_exists_and_usage_errors_exit_2() {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(verbs, ["up", "down", "get", "validate", "ca", "help"]);
+    assert_eq!(verbs, ["up", "down", "apply", "delete", "get", "proxy-config", "validate", "ca", "help"]);
     let (code, _, err) = devmesh(&["frobnicate"], root());
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = devmesh(&["get", "workloads", "--admin", "127.0.0.1:1"], root());

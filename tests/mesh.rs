@@ -481,7 +481,9 @@ fn admin_api_reports_readiness_workloads_and_config() {
     let (code, out, _) = devmesh(&["get", "vs", "-o", "json", "--admin", &m.admin.to_string()], m.dir.path());
     assert_eq!(code, 0);
     let vs: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(vs[0]["metadata"]["name"], "edge");
+    assert_eq!(vs["kind"], "List");
+    assert_eq!(vs["items"][0]["metadata"]["name"], "edge");
+    assert_eq!(vs["items"][0]["metadata"]["generation"], 1);
 }
 
 #[test]

@@ -22,6 +22,14 @@ impl Client {
     }
 
     pub async fn request(&self, method: http::Method, path: &str, body: Bytes) -> Result<Reply> {
+        self.send(method, path, body, None).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Bytes) -> Result<Reply> {
+        self.send(http::Method::POST, path, body, Some("application/json")).await
+    }
+
+    async fn send(&self, method: http::Method, path: &str, body: Bytes, content_type: Option<&str>) -> Result<Reply> {
         let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&self.addr))
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
@@ -29,11 +37,11 @@ impl Client {
             .with_context(|| format!("no devmesh admin API at {} (is `devmesh up` running? see --admin)", self.addr))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, &self.addr)
-            .body(Full::new(body))?;
+        let mut req = http::Request::builder().method(method).uri(path).header(http::header::HOST, &self.addr);
+        if let Some(ct) = content_type {
+            req = req.header(http::header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(Full::new(body))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();

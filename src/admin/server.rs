@@ -1,9 +1,12 @@
 //! The admin API (DESIGN.md §4), HTTP/1.1 on loopback: `/ready`, `/workloads`,
-//! `/config_dump`, `/shutdown`. Requests from non-loopback peers are refused.
+//! `/config_dump`, `/resources` (list, apply, delete), `/proxy-config`, `/shutdown`.
+//! Requests from non-loopback peers are refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,10 +17,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::diag::Diagnostic;
 use crate::config::mesh::Mesh;
+use crate::control::ControlPlane;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::listen::{self, HttpMode};
+
+use super::{proxy_config, resources};
 use crate::model::snapshot::Shared;
 use crate::model::topology::{ProcState, Topology};
 
@@ -38,8 +43,8 @@ pub struct State {
     pub stop: CancellationToken,
     pub stats: ProcStats,
     pub started: Instant,
-    /// Warnings of the running configuration (unsupported features and the like).
-    pub warnings: Mutex<Vec<Diagnostic>>,
+    /// The resource store and the reload path (warnings of the running configuration too).
+    pub control: Arc<ControlPlane>,
     pub telemetry: crate::telemetry::Telemetry,
 }
 
@@ -108,8 +113,7 @@ impl State {
 
     pub fn config_dump(&self) -> serde_json::Value {
         let snap = self.snapshot.load_full();
-        let warnings =
-            self.warnings.lock().map(|w| w.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap_or_default();
+        let warnings: Vec<String> = self.control.warnings().iter().map(|d| d.to_string()).collect();
         json!({
             "version": snap.version,
             "uptime_ms": self.started.elapsed().as_millis() as u64,
@@ -143,13 +147,17 @@ fn allowed(peer: SocketAddr) -> bool {
     peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback()
 }
 
+/// The largest request body the admin API reads (an `apply` of many files).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
 async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
     if !allowed(peer) {
         return text(StatusCode::FORBIDDEN, "the admin API answers loopback clients only\n");
     }
-    let path = req.uri().path();
-    match (req.method(), path) {
-        (&Method::GET, "/ready") => {
+    let path = req.uri().path().to_string();
+    let q = resources::query(req.uri().query());
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/ready") => {
             if state.ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -163,16 +171,74 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {}\n", waiting.join(", ")))
             }
         }
-        (&Method::GET, "/workloads") => json_response(StatusCode::OK, &state.workloads()),
-        (&Method::GET, "/config_dump") => json_response(StatusCode::OK, &state.config_dump()),
-        (&Method::POST, "/shutdown") => {
+        (Method::GET, "/workloads") => json_response(StatusCode::OK, &state.workloads()),
+        (Method::GET, "/config_dump") => json_response(StatusCode::OK, &state.config_dump()),
+        (Method::POST, "/shutdown") => {
             state.stop.cancel();
             text(StatusCode::OK, "shutting down\n")
         }
-        (_, "/ready" | "/workloads" | "/config_dump" | "/shutdown") => {
+        (Method::GET, "/resources") => match resources::list(&state.control, &q) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => json_response(StatusCode::NOT_FOUND, &json!({"errors": [e]})),
+        },
+        (Method::POST, "/resources") => {
+            let json_body = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json_response(StatusCode::BAD_REQUEST, &json!({"errors": [format!("request body: {e}")]}));
+                }
+            };
+            let control = state.control.clone();
+            let result = tokio::task::spawn_blocking(move || resources::apply(&control, &q, json_body, &body)).await;
+            match result {
+                Ok((status, v)) => json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &v),
+                Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"errors": [e.to_string()]})),
+            }
+        }
+        (Method::DELETE, p) if p.starts_with("/resources/") => {
+            let control = state.control.clone();
+            let rest = p["/resources/".len()..].to_string();
+            match tokio::task::spawn_blocking(move || resources::delete(&control, &rest)).await {
+                Ok((status, v)) => json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &v),
+                Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"errors": [e.to_string()]})),
+            }
+        }
+        (Method::GET, p) if p.starts_with("/proxy-config/") => {
+            let snap = state.control.current();
+            let mut it = p["/proxy-config/".len()..].splitn(2, '/');
+            let (what, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            let v = match what {
+                "routes" => proxy_config::routes(&snap, name),
+                "clusters" => proxy_config::clusters(&snap, name),
+                "endpoints" => proxy_config::endpoints(&snap, name),
+                "listeners" => proxy_config::listeners(&snap, name),
+                _ => {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"errors": ["expected /proxy-config/{routes|clusters|endpoints|listeners}/{workload}"]}),
+                    );
+                }
+            };
+            match v {
+                Some(v) => json_response(StatusCode::OK, &v),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"errors": [format!("no workload or gateway named {name:?}; known: {}", proxy_config::names(&snap).join(", "))]}),
+                ),
+            }
+        }
+        (_, "/ready" | "/workloads" | "/config_dump" | "/shutdown" | "/resources") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /ready, /workloads, /config_dump, POST /shutdown\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /ready, /workloads, /config_dump, /resources, /proxy-config/routes/NAME, POST /shutdown\n",
+        ),
     }
 }
 

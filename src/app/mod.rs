@@ -7,17 +7,17 @@ pub mod topology;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::server::{self as admin, State};
-use crate::config::diag::{Diagnostics, Severity};
-use crate::config::{load, mesh};
+use crate::config::diag::Diagnostics;
+use crate::config::mesh;
+use crate::control::ControlPlane;
 use crate::dataplane::forward::Forwarder;
 use crate::dataplane::gateway::Gateway;
 use crate::dataplane::inbound::Inbound;
@@ -26,7 +26,6 @@ use crate::dataplane::pool::Pools;
 use crate::dataplane::workers::{self, PerWorker, Workers};
 use crate::identity::ca::{self, Ca};
 use crate::identity::tls::Certs;
-use crate::model::compile::compile;
 use crate::model::snapshot::Shared;
 use crate::supervisor::events::{Events, Lifecycle};
 use crate::supervisor::{self, Supervisor, reaper::Reaper};
@@ -64,11 +63,6 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         supervisor::build::run(&mesh.build, &mesh.dir).await?;
     }
     let t_start = Instant::now();
-    let resources = load::resources(&mesh.config, &mesh.namespace, &mut diags);
-    if diags.has_errors() {
-        report(diags);
-        return Ok(ExitCode::from(1));
-    }
 
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| mesh.dir.join(".devmesh"));
     let log_dir = state_dir.join("logs");
@@ -82,17 +76,26 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     let (topology, listeners) = topology::bind(&mesh)?;
     let topology = Arc::new(topology);
 
-    let compiled = compile(topology.clone(), Arc::new(resources), 1, mesh.outbound_mode);
-    diags.extend(compiled.warnings);
-    let warnings: Vec<_> = diags.sorted().into_iter().filter(|d| d.severity == Severity::Warning).collect();
-    for w in &warnings {
+    let events = Events::new();
+    let control = match ControlPlane::start(topology.clone(), &mesh, Some(events.clone())) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in control.warnings() {
         eprintln!("{w}");
     }
-    let snapshot: Shared = Arc::new(ArcSwap::from_pointee(compiled.snapshot));
+    let snapshot: Shared = control.snapshot.clone();
 
     let stop = CancellationToken::new();
     let dataplane_stop = CancellationToken::new();
-    let events = Events::new();
+    if let Err(e) = crate::control::watch::spawn(control.clone(), dataplane_stop.clone()) {
+        events.emit(Lifecycle::Warning { message: format!("config files are not watched: {e}") });
+    }
     let headless = opts.headless || !std::io::stdout().is_terminal();
     let printer = tokio::spawn(supervisor::events::print(events.subscribe()));
     if !headless {
@@ -170,7 +173,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         stop: stop.clone(),
         stats: stats.clone(),
         started: t0,
-        warnings: Mutex::new(warnings),
+        control: control.clone(),
         telemetry: telemetry.clone(),
     });
     events.emit(Lifecycle::Listening { what: "admin".into(), addr: format!("http://{admin_addr}") });

@@ -40,13 +40,19 @@ pub async fn run(args: &GetArgs) -> Result<ExitCode> {
             let dump = client.get_json("/config_dump").await?;
             services(&dump)
         }
-        What::Istio(kind) => {
-            let dump = client.get_json("/config_dump").await?;
-            dump["resources"]
-                .as_array()
-                .map(|a| a.iter().filter(|r| r["kind"] == kind.name()).cloned().collect())
-                .unwrap_or_default()
-        }
+        What::Istio(kind) => match client.get_json(&format!("/resources?kind={}", kind.plural())).await? {
+            Value::Array(a) => a
+                .into_iter()
+                .map(|mut r| {
+                    // Where it came from is devmesh's business; the output applies as is.
+                    if let Some(o) = r.as_object_mut() {
+                        o.remove("source");
+                    }
+                    r
+                })
+                .collect(),
+            _ => vec![],
+        },
     };
     let items: Vec<Value> = match &args.name {
         Some(n) => items.into_iter().filter(|i| name_of(i) == n.as_str()).collect(),
@@ -59,16 +65,20 @@ pub async fn run(args: &GetArgs) -> Result<ExitCode> {
     }
     match args.output {
         Some(Output::Json) => {
-            let v = if args.name.is_some() && items.len() == 1 { items[0].clone() } else { Value::Array(items) };
+            let v = if args.name.is_some() && items.len() == 1 {
+                items[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Some(Output::Yaml) => {
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    println!("---");
-                }
-                print!("{}", serde_saphyr::to_string(item)?);
-            }
+            let v = if args.name.is_some() && items.len() == 1 {
+                items[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
+            print!("{}", serde_saphyr::to_string(&v)?);
         }
         wide => print!("{}", table(&what, &items, matches!(wide, Some(Output::Wide)))),
     }
@@ -122,6 +132,33 @@ fn mib(v: &Value) -> String {
 
 fn list(v: &Value) -> String {
     v.as_array().map_or("-".into(), |a| a.iter().map(s).collect::<Vec<_>>().join(","))
+}
+
+/// kubectl's AGE: `45s`, `12m`, `3h`, `2d`, from an RFC 3339 UTC timestamp.
+fn age(ts: &Value) -> String {
+    let Some(t) = ts.as_str().and_then(parse_rfc3339) else { return "-".into() };
+    let secs = std::time::SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// `2026-11-21T10:00:00.123Z` (what the admin API writes) to a time.
+fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86400 + h * 3600 + mi * 60 + sec;
+    u64::try_from(secs).ok().map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
 fn table(what: &What, items: &[Value], wide: bool) -> String {
@@ -198,6 +235,7 @@ fn table(what: &What, items: &[Value], wide: bool) -> String {
                 Kind::ServiceEntry => header.extend(["HOSTS".into(), "LOCATION".into(), "RESOLUTION".into()]),
                 _ => {}
             }
+            header.push("AGE".into());
             rows = vec![header];
             for r in items {
                 let mut row = vec![s(&r["metadata"]["namespace"]), s(&r["metadata"]["name"])];
@@ -210,6 +248,7 @@ fn table(what: &What, items: &[Value], wide: bool) -> String {
                     }
                     _ => {}
                 }
+                row.push(age(&r["metadata"]["creationTimestamp"]));
                 rows.push(row);
             }
         }
@@ -242,5 +281,8 @@ mod tests {
             "{t}"
         );
         assert_eq!(table(&What::Workloads, &[], false), "No resources found.\n");
+        let t = parse_rfc3339("2026-11-21T10:00:00.123Z").unwrap();
+        assert_eq!(crate::telemetry::access_log::rfc3339(t).get(..19), Some("2026-11-21T10:00:00"));
+        assert_eq!(age(&serde_json::json!("garbage")), "-");
     }
 }

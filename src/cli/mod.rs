@@ -1,8 +1,10 @@
 //! The command line (DESIGN.md §1): one file per verb.
 
+pub mod apply;
 pub mod ca;
 pub mod control;
 pub mod get;
+pub mod proxy_config;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -29,8 +31,15 @@ pub enum Command {
     Up(UpArgs),
     /// Stop a running mesh (gracefully: SIGTERM, then SIGKILL after 5s)
     Down(AdminArgs),
+    /// Add or replace Istio resources in the running mesh, like `kubectl apply`
+    Apply(ApplyArgs),
+    /// Remove Istio resources from the running mesh, like `kubectl delete`
+    Delete(DeleteArgs),
     /// List resources of a running mesh: workloads (wl), services (svc), or an Istio kind (vs, dr, gw, ...)
     Get(GetArgs),
+    /// What a sidecar or gateway does with the running configuration, like `istioctl proxy-config`
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(ProxyConfigArgs),
     /// Check mesh files and Istio YAML offline; prints file:line:col diagnostics
     Validate(ValidateArgs),
     /// The mesh's certificate authority
@@ -64,6 +73,54 @@ pub struct AdminArgs {
     /// Address of the running mesh's admin API
     #[arg(long, default_value = DEFAULT_ADMIN, env = "DEVMESH_ADMIN")]
     pub admin: String,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// A YAML file, a folder of them, or `-` for standard input (repeatable)
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub filename: Vec<PathBuf>,
+    /// Validate and show what would change, without changing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The kind of the resource to delete (vs, dr, gw, se, sidecar, ...)
+    pub kind: Option<String>,
+    /// Its name
+    pub name: Option<String>,
+    /// Delete the resources these files declare (a file, a folder, or `-`)
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    pub filename: Vec<PathBuf>,
+    /// Namespace [default: the mesh's]
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct ProxyConfigArgs {
+    pub what: ProxyConfigWhat,
+    /// A workload instance (reviews-v1), a workload, a service (its first instance) or a gateway
+    pub workload: String,
+    /// Output format
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ProxyConfigWhat {
+    Routes,
+    Clusters,
+    Endpoints,
+    Listeners,
 }
 
 #[derive(Args)]

@@ -23,8 +23,12 @@ pub struct ClusterKey {
 }
 
 impl fmt::Display for ClusterKey {
-    /// Envoy's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    /// Envoy's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`; special
+    /// clusters (port 0) by their name alone (`PassthroughCluster`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port == 0 {
+            return f.write_str(&self.host);
+        }
         write!(f, "outbound|{}|{}|{}", self.port, self.subset.as_deref().unwrap_or(""), self.host)
     }
 }
@@ -110,6 +114,9 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub lb: Lb,
     pub transport: Transport,
+    /// `namespace/name` of the DestinationRule that shaped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -146,8 +153,14 @@ impl Cluster {
             endpoints,
             lb,
             transport,
+            rule: None,
             next: AtomicUsize::new(0),
         }
+    }
+
+    pub fn with_rule(mut self, rule: Option<String>) -> Self {
+        self.rule = rule;
+        self
     }
 
     pub fn with_missing_subset(mut self) -> Self {

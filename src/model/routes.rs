@@ -21,8 +21,18 @@ pub enum StrMatch {
 }
 
 fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
-    let p = r.as_str();
-    s.serialize_str(p.strip_prefix("^(?:").and_then(|p| p.strip_suffix(")$")).unwrap_or(p))
+    s.serialize_str(unanchored(r.as_str()))
+}
+
+fn unanchored(p: &str) -> &str {
+    p.strip_prefix("^(?:").and_then(|p| p.strip_suffix(")$")).unwrap_or(p)
+}
+
+fn regex_source(m: &StrMatch) -> &str {
+    match m {
+        StrMatch::Regex(r) => unanchored(r.as_str()),
+        StrMatch::Exact(s) | StrMatch::Prefix(s) => s,
+    }
 }
 
 impl StrMatch {
@@ -212,6 +222,59 @@ impl RequestMatch {
             }
         }
         self.and.iter().all(|m| m.matches(req))
+    }
+
+    /// A one-line summary (`proxy-config routes`): `uri=/static* && header[end-user]=jason`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let m = |what: &str, v: &StrMatch| match v {
+            StrMatch::Exact(e) => format!("{what}={e}"),
+            StrMatch::Prefix(p) => format!("{what}={p}*"),
+            StrMatch::Regex(_) => format!("{what}~{}", regex_source(v)),
+        };
+        if let Some(u) = &self.uri {
+            parts.push(m(if self.ignore_uri_case { "uri(nocase)" } else { "uri" }, u));
+        }
+        for (what, v) in [("scheme", &self.scheme), ("method", &self.method), ("authority", &self.authority)] {
+            if let Some(v) = v {
+                parts.push(m(what, v));
+            }
+        }
+        for h in &self.headers {
+            parts.push(match &h.value {
+                Some(v) => m(&format!("header[{}]", h.name), v),
+                None => format!("header[{}]", h.name),
+            });
+        }
+        for h in &self.without_headers {
+            parts.push(match &h.value {
+                Some(v) => format!("!{}", m(&format!("header[{}]", h.name), v)),
+                None => format!("!header[{}]", h.name),
+            });
+        }
+        for q in &self.query_params {
+            parts.push(match &q.value {
+                Some(v) => m(&format!("query[{}]", q.name), v),
+                None => format!("query[{}]", q.name),
+            });
+        }
+        if let Some(p) = self.port {
+            parts.push(format!("port={p}"));
+        }
+        if !self.source_labels.is_empty() {
+            let l: Vec<String> = self.source_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("sourceLabels{{{}}}", l.join(",")));
+        }
+        if let Some(ns) = &self.source_namespace {
+            parts.push(format!("sourceNamespace={ns}"));
+        }
+        if !self.gateways.is_empty() {
+            parts.push(format!("gateways={}", self.gateways.join("|")));
+        }
+        for a in &self.and {
+            parts.push(format!("({})", a.describe()));
+        }
+        if parts.is_empty() { "*".into() } else { parts.join(" && ") }
     }
 
     /// The prefix a prefix `uri` match matched on (for `rewrite.uri`).

@@ -9,18 +9,60 @@ use tokio::sync::broadcast;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Lifecycle {
-    Started { instance: String, pid: u32 },
-    Ready { instance: String, after_ms: u64 },
-    NotReady { instance: String, reason: String },
-    Exited { instance: String, code: Option<i32>, signal: Option<i32> },
-    Restarting { instance: String, delay_ms: u64, restarts: u32 },
-    SpawnFailed { instance: String, error: String },
-    Listening { what: String, addr: String },
-    MeshReady { after_ms: u64 },
-    Info { message: String },
-    Warning { message: String },
+    Started {
+        instance: String,
+        pid: u32,
+    },
+    Ready {
+        instance: String,
+        after_ms: u64,
+    },
+    NotReady {
+        instance: String,
+        reason: String,
+    },
+    Exited {
+        instance: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Restarting {
+        instance: String,
+        delay_ms: u64,
+        restarts: u32,
+    },
+    SpawnFailed {
+        instance: String,
+        error: String,
+    },
+    Listening {
+        what: String,
+        addr: String,
+    },
+    MeshReady {
+        after_ms: u64,
+    },
+    Info {
+        message: String,
+    },
+    Warning {
+        message: String,
+    },
     Stopping,
-    Stopped { instance: String },
+    Stopped {
+        instance: String,
+    },
+    /// A configuration change took effect.
+    ConfigApplied {
+        version: u64,
+        took_us: u64,
+        changes: Vec<String>,
+    },
+    /// A configuration change was rejected; the running version keeps serving.
+    ConfigRejected {
+        version: u64,
+        errors: Vec<String>,
+    },
 }
 
 impl Lifecycle {
@@ -55,6 +97,20 @@ impl Lifecycle {
             Lifecycle::Warning { message } => format!("{}warning: {message}", who("devmesh")),
             Lifecycle::Stopping => format!("{}stopping: SIGTERM to every workload", who("mesh")),
             Lifecycle::Stopped { instance } => format!("{}stopped", who(instance)),
+            Lifecycle::ConfigApplied { version, took_us, changes } => format!(
+                "{}v{version} serving ({:.1}ms to compile and swap): {}",
+                who("config"),
+                *took_us as f64 / 1000.0,
+                changes.join(", ")
+            ),
+            Lifecycle::ConfigRejected { version, errors } => {
+                let mut s = format!("{}change rejected, v{version} keeps serving:", who("config"));
+                for e in errors {
+                    s.push_str("\n  ");
+                    s.push_str(e);
+                }
+                s
+            }
         }
     }
 }

@@ -167,6 +167,46 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no workload {name}"))
     }
 
+    /// Applies YAML through the admin API (`POST /resources`); the reply must be 200.
+    pub fn apply(&self, yaml: &str) -> serde_json::Value {
+        let r = http(self.admin, Req::post("/resources?source=test.yaml").with_body(yaml));
+        assert_eq!(r.status, 200, "apply failed: {}", r.text());
+        r.json()
+    }
+
+    /// Where an instance's application listens (first port).
+    pub fn app(&self, instance: &str) -> SocketAddr {
+        let w = self.workload(instance);
+        w["ports"][0]["app"].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no app port: {w}"))
+    }
+
+    /// An instance's HTTP proxy listener (its `HTTP_PROXY`).
+    pub fn outbound_proxy(&self, instance: &str) -> SocketAddr {
+        let w = self.workload(instance);
+        w["outbound_proxy"].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no proxy: {w}"))
+    }
+
+    /// An instance's listener for `service:port` (`<SERVICE>_SERVICE_HOST/PORT`).
+    pub fn upstream(&self, instance: &str, service: &str, port: u16) -> SocketAddr {
+        let w = self.workload(instance);
+        let u = &w["upstreams"][service];
+        let host = u["host"].as_str().unwrap_or_default();
+        let p = u["ports"][port.to_string()].as_u64().unwrap_or_else(|| panic!("no upstream {service}:{port}: {w}"));
+        format!("{host}:{p}").parse().unwrap()
+    }
+
+    /// The access log so far (written every 100 ms).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("access.log")).unwrap_or_default()
+    }
+
+    /// Waits for an access log line containing every one of `needles`.
+    pub fn wait_access(&self, needles: &[&str]) -> String {
+        wait_until(&format!("an access log line with {needles:?}"), Duration::from_secs(5), || {
+            self.access_log().lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string)
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -340,9 +380,40 @@ where
     Resp { status, headers, body, version }
 }
 
+/// The requests an httpbin app served (`GET /log`, straight to the app).
+pub fn app_log(app: SocketAddr) -> Vec<serde_json::Value> {
+    http(app, Req::get("/log")).json().as_array().cloned().unwrap_or_default()
+}
+
+pub fn clear_app_log(app: SocketAddr) {
+    let mut r = Req::get("/log");
+    r.method = http::Method::DELETE;
+    assert_eq!(http(app, r).status, 200);
+}
+
 /// Runs the devmesh binary with `args` and returns (exit code, stdout, stderr).
 pub fn devmesh(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = Command::new(devmesh_bin()).args(args).current_dir(cwd).output().expect("run devmesh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the devmesh binary with `input` on its standard input.
+pub fn devmesh_stdin(args: &[&str], cwd: &Path, input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(devmesh_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run devmesh");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("devmesh output");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

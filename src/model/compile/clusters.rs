@@ -155,7 +155,9 @@ impl<'a> Clusters<'a> {
         let Some(svc) = svc else {
             return Cluster::new(key, None, protocol, Vec::new(), Lb::RoundRobin, Transport::IstioMutual);
         };
-        let rule = self.rule_for(&svc.host, client_ns, &svc.namespace).map(|(_, dr)| dr);
+        let found = self.rule_for(&svc.host, client_ns, &svc.namespace);
+        let rule = found.map(|(_, dr)| dr);
+        let rule_name = found.map(|(r, _)| format!("{}/{}", r.metadata.namespace, r.metadata.name));
         let subset: Option<&Subset> = match (&key.subset, rule) {
             (None, _) => None,
             (Some(name), Some(dr)) => match dr.subsets.iter().find(|s| s.name.value == *name) {
@@ -208,7 +210,7 @@ impl<'a> Clusters<'a> {
         };
         let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_ref()).collect();
         let lb = load_balancer(policy.lb(), &names);
-        Cluster::new(key, service, protocol, endpoints, lb, transport)
+        Cluster::new(key, service, protocol, endpoints, lb, transport).with_rule(rule_name)
     }
 }
 

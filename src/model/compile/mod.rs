@@ -155,6 +155,23 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
         }
     }
 
+    // Every subset a DestinationRule defines is a cluster too, as in Istio's CDS.
+    for (si, svc) in registry.services.iter().enumerate() {
+        if !svc.visible_to(&mesh_ns) {
+            continue;
+        }
+        let subsets: Vec<String> = clusters
+            .rule_for(&svc.host, &mesh_ns, &svc.namespace)
+            .map(|(_, dr)| dr.subsets.iter().map(|s| s.name.value.clone()).collect())
+            .unwrap_or_default();
+        for port in &svc.ports {
+            clusters.get(&mesh_ns, Some(si), &svc.host, None, port.port);
+            for s in &subsets {
+                clusters.get(&mesh_ns, Some(si), &svc.host, Some(s), port.port);
+            }
+        }
+    }
+
     analyze::analyze(&resources, &registry, &clusters, &mesh_ns, &mut warnings);
     let scopes = super::scope::scopes(&topology, &resources, mode);
     let cluster_map = clusters.built(&mesh_ns);

@@ -1,0 +1,100 @@
+//! Watching the mesh file's `config:` files and folders: a saved edit (editors save through a
+//! temporary file and a rename, so the folders are watched, not the files), a new or removed
+//! YAML file in a listed folder, reloads the configuration within a second. Events are
+//! debounced; a burst of saves makes one reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio_util::sync::CancellationToken;
+
+use super::ControlPlane;
+
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// What to watch for `config` entries: (folder, the listed file in it or `None` for the whole
+/// folder).
+fn watch_list(config: &[PathBuf]) -> Vec<(PathBuf, Option<PathBuf>)> {
+    config
+        .iter()
+        .map(|p| {
+            if p.is_dir() {
+                (p.clone(), None)
+            } else {
+                (p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), Some(p.clone()))
+            }
+        })
+        .collect()
+}
+
+/// Whether a changed path is one of the config files.
+fn relevant(list: &[(PathBuf, Option<PathBuf>)], changed: &Path) -> bool {
+    list.iter().any(|(dir, file)| match file {
+        Some(f) => f == changed,
+        None => changed.parent() == Some(dir.as_path()) && is_yaml(changed),
+    })
+}
+
+/// Starts watching; reloads run on the blocking pool and report through the control plane's
+/// events. Stops when `stop` is cancelled.
+pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<()> {
+    let list = watch_list(cp.config_paths());
+    if list.is_empty() {
+        return Ok(());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let filter = list.clone();
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
+        if let Ok(events) = res
+            && events.iter().any(|e| e.paths.iter().any(|p| relevant(&filter, p)))
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    let mut dirs: Vec<&PathBuf> = list.iter().map(|(d, _)| d).collect();
+    dirs.dedup();
+    for d in dirs {
+        debouncer.watch(d, RecursiveMode::NonRecursive)?;
+    }
+    tokio::spawn(async move {
+        let _keep = debouncer;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            while rx.try_recv().is_ok() {}
+            let cp = cp.clone();
+            // Errors and changes are reported through the events.
+            let _ = tokio::task::spawn_blocking(move || cp.reload()).await;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_config_files_trigger_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("networking");
+        std::fs::create_dir(&folder).unwrap();
+        let file = dir.path().join("gw.yaml");
+        let list = watch_list(&[file.clone(), folder.clone()]);
+        assert!(relevant(&list, &file));
+        assert!(relevant(&list, &folder.join("new.yaml")));
+        assert!(relevant(&list, &folder.join("x.yml")));
+        assert!(!relevant(&list, &folder.join(".x.yaml.swp")));
+        assert!(!relevant(&list, &dir.path().join("other.yaml")));
+        assert!(!relevant(&list, &dir.path().join("gw.yaml~")));
+    }
+}
