@@ -213,3 +213,157 @@ fn istios_own_bookinfo_networking_files_load() {
     eprintln!("Istio's bookinfo networking files:\n{}", report.join("\n"));
     assert_eq!(files.len(), 21);
 }
+
+/// Signs in as `user` and returns the session cookie.
+fn sign_in(m: &Mesh, user: &str) -> String {
+    let login = http(
+        m.gateway(),
+        Req::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .with_body(&format!("username={user}&passwd=x")),
+    );
+    assert_eq!(login.status, 302);
+    login.header("set-cookie").unwrap().split(';').next().unwrap().to_string()
+}
+
+fn page(m: &Mesh, cookie: Option<&str>) -> String {
+    let mut req = Req::get("/productpage");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = http(m.gateway(), req);
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+/// `devmesh apply -f bookinfo/networking/<file>` (or `delete`), as the tutorial does.
+fn kubectl(m: &Mesh, verb: &str, file: &str) -> String {
+    let path = root().join("bookinfo/networking").join(file);
+    let (code, out, err) = devmesh(&[verb, "-f", &path.to_string_lossy(), "--admin", &m.admin.to_string()], root());
+    assert_eq!(code, 0, "{verb} {file}: {err}");
+    out
+}
+
+fn versions(m: &Mesh, cookie: Option<&str>, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(reviews_on(&page(m, cookie)).0).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn istio_request_routing_and_traffic_shifting_tasks() {
+    let m = start_bookinfo(&[]);
+    // Request routing: every service to v1.
+    let out = kubectl(&m, "apply", "destination-rule-all.yaml");
+    assert!(out.contains("destinationrule.networking.istio.io/reviews created"), "{out}");
+    kubectl(&m, "apply", "virtual-service-all-v1.yaml");
+    let seen = versions(&m, None, 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["reviews-v1"], "{seen:?}");
+    assert!(reviews_on(&page(&m, None)).1.is_empty(), "v1: no stars");
+
+    // Routing by user identity: jason sees v2 (black stars), everyone else v1.
+    kubectl(&m, "apply", "virtual-service-reviews-test-v2.yaml");
+    let jason = sign_in(&m, "jason");
+    for _ in 0..10 {
+        let p = page(&m, Some(&jason));
+        assert_eq!(reviews_on(&p), ("reviews-v2".to_string(), ["black".to_string()].into()));
+    }
+    let other = sign_in(&m, "someone");
+    assert_eq!(versions(&m, Some(&other), 10).keys().collect::<Vec<_>>(), ["reviews-v1"]);
+    assert_eq!(versions(&m, None, 10).keys().collect::<Vec<_>>(), ["reviews-v1"]);
+
+    // Traffic shifting: 50% to v3 (red stars), then all of it.
+    kubectl(&m, "apply", "virtual-service-reviews-50-v3.yaml");
+    let seen = versions(&m, None, 200);
+    let v3 = seen.get("reviews-v3").copied().unwrap_or(0);
+    assert_eq!(seen.len(), 2, "only v1 and v3: {seen:?}");
+    assert!((70..=130).contains(&v3), "about half red: {seen:?}");
+    kubectl(&m, "apply", "virtual-service-reviews-v3.yaml");
+    for _ in 0..20 {
+        assert_eq!(reviews_on(&page(&m, None)), ("reviews-v3".to_string(), ["red".to_string()].into()));
+    }
+
+    // Cleanup: without the VirtualServices, round robin over all three again.
+    let out = kubectl(&m, "delete", "virtual-service-all-v1.yaml");
+    assert!(out.contains("virtualservice.networking.istio.io/reviews deleted"), "{out}");
+    assert_eq!(versions(&m, None, 30).len(), 3);
+}
+
+#[test]
+fn istio_fault_injection_and_timeout_tasks() {
+    let m = start_bookinfo(&[]);
+    kubectl(&m, "apply", "destination-rule-all.yaml");
+    kubectl(&m, "apply", "virtual-service-all-v1.yaml");
+    kubectl(&m, "apply", "virtual-service-reviews-test-v2.yaml");
+    let jason = sign_in(&m, "jason");
+
+    // A 7 s delay to ratings for jason: productpage gives up on reviews after 3 s, twice.
+    kubectl(&m, "apply", "virtual-service-ratings-test-delay.yaml");
+    let t = std::time::Instant::now();
+    let p = page(&m, Some(&jason));
+    let took = t.elapsed();
+    assert!(p.contains("Sorry, product reviews are currently unavailable for this book."), "{p}");
+    assert!(took >= Duration::from_millis(5800) && took < Duration::from_millis(7500), "about 6 s: {took:?}");
+    let t = std::time::Instant::now();
+    let p = page(&m, None);
+    assert!(t.elapsed() < Duration::from_secs(1) && !p.contains("Sorry"), "others are not affected");
+
+    // An HTTP abort for jason: the ratings error shows at once.
+    kubectl(&m, "apply", "virtual-service-ratings-test-abort.yaml");
+    let t = std::time::Instant::now();
+    let p = page(&m, Some(&jason));
+    assert!(p.contains("Ratings service is currently unavailable"), "{p}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(!page(&m, None).contains("Ratings service is currently unavailable"));
+
+    // Request timeouts: reviews → v2, ratings delayed 2 s for everyone, a 0.5 s timeout on
+    // reviews: the page comes back in about 1 s (productpage tries twice) with the error.
+    let admin = m.admin.to_string();
+    let apply = |yaml: &str| {
+        let (code, _, err) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], root(), yaml);
+        assert_eq!(code, 0, "{err}");
+    };
+    apply(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v2}}]\n",
+    );
+    apply(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - fault: {delay: {percentage: {value: 100}, fixedDelay: 2s}}\n    route: [{destination: {host: ratings, subset: v1}}]\n",
+    );
+    let t = std::time::Instant::now();
+    let p = page(&m, None);
+    assert!(t.elapsed() >= Duration::from_millis(1900), "the delay applies: {:?}", t.elapsed());
+    assert!(p.contains("text-black-500"), "v2 answers, slowly");
+    apply(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v2}}]\n    timeout: 0.5s\n",
+    );
+    let t = std::time::Instant::now();
+    let p = page(&m, None);
+    let took = t.elapsed();
+    assert!(p.contains("Sorry, product reviews are currently unavailable for this book."), "{p}");
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1800), "about 1 s: {took:?}");
+    m.wait_access(&["GET /reviews/0", " 504 UT "]);
+}
+
+#[test]
+fn istios_own_bookinfo_networking_files_apply_to_a_running_mesh() {
+    let dir = root().join("../shared/istio-reference/bookinfo/networking");
+    if !dir.exists() {
+        eprintln!("skipped: {} is absent (a fresh clone has no ../shared)", dir.display());
+        return;
+    }
+    let m = start_bookinfo(&[]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in &files {
+        let (code, out, err) = devmesh(&["apply", "-f", &f.to_string_lossy(), "--admin", &m.admin.to_string()], root());
+        assert_eq!(code, 0, "{} must apply: {err}", f.display());
+        assert!(out.contains(".networking.istio.io/"), "{out}");
+    }
+    // The last word on each host wins; the page still renders through it all.
+    let (code, out, _) = devmesh(&["get", "vs", "--admin", &m.admin.to_string()], root());
+    assert_eq!(code, 0);
+    assert!(out.contains("reviews") && out.contains("ratings"), "{out}");
+    assert!(page(&m, None).contains("The Comedy of Errors"));
+}

@@ -1,0 +1,283 @@
+//! The control plane as a user drives it: `devmesh apply|get|delete|proxy-config` against a
+//! running mesh, watched config files that reload on save (and reject bad edits with their
+//! location while the old rules keep serving), and reloads under load that lose no request.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MESH: &str = r#"
+namespace: default
+config: [routes.yaml]
+gateways:
+  istio-ingressgateway:
+    labels: {istio: ingressgateway}
+    ports: {80: 0}
+services:
+  backend:
+    ports: [{name: http, port: 8000}]
+    workloads:
+      - labels: {version: v1}
+        command: ["{httpbin}"]
+        readiness: {http: /health}
+      - labels: {version: v2}
+        command: ["{httpbin}"]
+        readiness: {http: /health}
+"#;
+
+/// Gateway + DestinationRule + a VirtualService sending everything to `subset`; `uri` is
+/// the match regex of a first route (line 27, column 16 of the file).
+fn routes(subset: &str, uri: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend}}
+spec:
+  host: backend
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.test]
+  gateways: [gw]
+  http:
+  - name: special
+    match:
+    - uri:
+        regex: "{uri}"
+    route: [{{destination: {{host: backend, subset: v1}}}}]
+  - route: [{{destination: {{host: backend, subset: {subset}}}}}]
+"#
+    )
+}
+
+fn served(m: &Mesh) -> String {
+    let r = http(m.gateway(), Req::get("/get").host("backend.test"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-served-by").unwrap_or("-").to_string()
+}
+
+/// Saves like an editor: a temporary file renamed over the original.
+fn save(m: &Mesh, text: &str) {
+    let tmp = m.dir.path().join(".routes.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, m.dir.path().join("routes.yaml")).unwrap();
+}
+
+#[test]
+fn watched_file_reloads_within_a_second_and_bad_edits_are_rejected() {
+    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    m.wait_ready();
+    assert!((0..10).all(|_| served(&m) == "backend-v1"));
+
+    // A bad regex: rejected with its location; the old rules keep serving.
+    save(&m, &routes("v2", "/special["));
+    let line = m.wait_line("change rejected", Duration::from_secs(5));
+    assert!(line.contains("v1 keeps serving"), "{line}");
+    let log = m.wait_line("routes.yaml:27:", Duration::from_secs(1));
+    assert!(log.contains("routes.yaml:27:16: error:") && log.contains("RE2"), "{log}");
+    assert!((0..10).all(|_| served(&m) == "backend-v1"), "the running config keeps serving");
+
+    // A good edit takes effect within a second of the save.
+    let t = Instant::now();
+    save(&m, &routes("v2", "/special"));
+    wait_until("v2 serving", Duration::from_secs(1), || (served(&m) == "backend-v2").then_some(()));
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    m.wait_line("v2 serving", Duration::from_secs(1));
+    eprintln!("reload after save: {took:?}");
+
+    // Removing a resource from the file deletes it from the mesh.
+    let only_gw_and_dr: String = routes("v2", "/special").split("---").take(2).collect::<Vec<_>>().join("---");
+    save(&m, &only_gw_and_dr);
+    wait_until("the VirtualService gone", Duration::from_secs(2), || {
+        (http(m.gateway(), Req::get("/get").host("backend.test")).status == 404).then_some(())
+    });
+}
+
+#[test]
+fn reloads_under_load_lose_no_request() {
+    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    m.wait_ready();
+    let gw = m.gateway();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut clients = Vec::new();
+    for keep_alive in [true, false] {
+        let (stop, ok, failures, seen) = (stop.clone(), ok.clone(), failures.clone(), seen.clone());
+        clients.push(std::thread::spawn(move || {
+            block_on(async move {
+                let mut conn: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> =
+                    None;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    if conn.as_ref().is_none_or(|c| c.is_closed()) || !keep_alive {
+                        let tcp = tokio::net::TcpStream::connect(gw).await.expect("connect");
+                        let (s, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                            .await
+                            .expect("handshake");
+                        tokio::spawn(c);
+                        conn = Some(s);
+                    }
+                    let Some(s) = conn.as_mut() else { continue };
+                    if s.ready().await.is_err() {
+                        failures.lock().unwrap().push("connection closed by the proxy".into());
+                        conn = None;
+                        continue;
+                    }
+                    let req = http::Request::get("/get")
+                        .header("host", "backend.test")
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    match s.send_request(req).await {
+                        Ok(r) if r.status() == 200 => {
+                            let by =
+                                r.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                            let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            *seen.lock().unwrap() = by;
+                        }
+                        Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status())),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("error {e} keep_alive={keep_alive} after {} ok", ok.load(Ordering::Relaxed))),
+                    }
+                }
+            })
+        }));
+    }
+    let mut latencies = Vec::new();
+    for round in 0..8 {
+        let want = if round % 2 == 0 { "v2" } else { "v1" };
+        let t = Instant::now();
+        save(&m, &routes(want, "/special"));
+        let target = format!("backend-{want}");
+        wait_until("the clients to see the new version", Duration::from_secs(2), || {
+            (*seen.lock().unwrap() == target).then_some(())
+        });
+        latencies.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    let total = ok.load(Ordering::Relaxed);
+    eprintln!("{total} requests during 8 reloads, reload-to-traffic latencies {latencies:?}");
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(total > 100, "the load kept flowing: {total}");
+    assert!(latencies.iter().all(|l| *l < Duration::from_secs(1)), "{latencies:?}");
+}
+
+#[test]
+fn apply_get_delete_and_proxy_config_like_kubectl_and_istioctl() {
+    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    m.wait_ready();
+    let admin = m.admin.to_string();
+    let dir = m.dir.path();
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--admin", &admin]);
+        devmesh(&a, dir)
+    };
+    let split = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: split}\nspec:\n  hosts: [split.test]\n  gateways: [gw]\n  http:\n  - route:\n    - {destination: {host: backend, subset: v1}, weight: 50}\n    - {destination: {host: backend, subset: v2}, weight: 50}\n";
+    std::fs::write(dir.join("split.yaml"), split).unwrap();
+
+    let (code, out, err) = run(&["apply", "-f", "split.yaml"]);
+    assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/split created\n"), "{err}");
+    let (_, out, _) = run(&["apply", "-f", "split.yaml"]);
+    assert_eq!(out, "virtualservice.networking.istio.io/split unchanged\n");
+    std::fs::write(
+        dir.join("split.yaml"),
+        split.replace("weight: 50", "weight: 60").replacen("weight: 60", "weight: 40", 1),
+    )
+    .unwrap();
+    let (_, out, _) = run(&["apply", "-f", "split.yaml"]);
+    assert_eq!(out, "virtualservice.networking.istio.io/split configured\n");
+    let (_, out, _) = run(&["apply", "-f", "split.yaml", "--dry-run"]);
+    assert_eq!(out, "virtualservice.networking.istio.io/split unchanged (dry run)\n");
+
+    // From standard input, and a folder.
+    let (code, out, _) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], dir, &split.replace("split", "stdin"));
+    assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/stdin created\n"));
+
+    // An invalid change is rejected whole, with locations, and changes nothing.
+    let bad = format!(
+        "{}---\n{}",
+        split.replace("split", "other"),
+        split.replace("subset: v1", "subset: v1}\n  - oops: [").replace("split", "split2")
+    );
+    std::fs::write(dir.join("bad.yaml"), &bad).unwrap();
+    let (code, _, err) = run(&["apply", "-f", "bad.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.yaml:"), "{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    let (_, out, _) = run(&["get", "vs"]);
+    assert!(!out.contains("other"), "a rejected apply changes nothing:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE") && lines[0].contains("GATEWAYS") && lines[0].ends_with("AGE"), "{out}");
+    assert!(lines.iter().any(|l| l.contains("split") && l.contains("split.test")), "{out}");
+
+    // get -o yaml output applies back unchanged.
+    let (code, yaml, _) = run(&["get", "vs", "split", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(yaml.contains("kind: VirtualService") && yaml.contains("weight: 40"), "{yaml}");
+    let (code, out, err) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], dir, &yaml);
+    assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/split unchanged\n"), "{err}");
+    let (_, json, _) = run(&["get", "dr", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["items"][0]["spec"]["subsets"][1]["name"], "v2");
+
+    // proxy-config shows what the gateway and a sidecar do.
+    let (code, out, _) = run(&["proxy-config", "routes", "istio-ingressgateway"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("outbound|8000|v1|backend.default.svc.cluster.local 40%, outbound|8000|v2|backend.default.svc.cluster.local 60%"), "{out}");
+    assert!(out.contains("uri~/special"), "{out}");
+    let (_, out, _) = run(&["proxy-config", "clusters", "backend-v1"]);
+    assert!(
+        out.lines().any(|l| l.starts_with("backend.default.svc.cluster.local")
+            && l.contains("v2")
+            && l.contains("1/1")
+            && l.contains("default/backend")),
+        "{out}"
+    );
+    let (_, out, _) = run(&["proxy-config", "endpoints", "backend-v1"]);
+    assert!(
+        out.lines().filter(|l| l.contains("HEALTHY") && l.contains("outbound|8000||backend")).count() == 2,
+        "{out}"
+    );
+    let (_, out, _) = run(&["pc", "listeners", "backend-v1"]);
+    assert!(out.contains("HTTP proxy") && out.contains("inbound"), "{out}");
+    let (code, _, err) = run(&["proxy-config", "routes", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no workload or gateway named"), "{err}");
+
+    // delete by name, by file; a missing one is NotFound.
+    let (code, out, _) = run(&["delete", "vs", "stdin"]);
+    assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/stdin deleted\n"));
+    let (code, _, err) = run(&["delete", "virtualservice", "stdin"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NotFound") && err.contains("\"stdin\" not found"), "{err}");
+    let (code, out, _) = run(&["delete", "-f", "split.yaml"]);
+    assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/split deleted\n"));
+    assert_eq!(http(m.gateway(), Req::get("/get").host("split.test")).status, 404);
+}
