@@ -315,7 +315,7 @@ impl Forwarder {
             && content_length(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
         {
             let limited = http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize);
-            match limited.collect().await {
+            match Box::pin(limited.collect()).await {
                 Ok(c) => Replay::Buffered(c.to_bytes()),
                 Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
             }
@@ -478,7 +478,10 @@ impl Forwarder {
             Address::Dns(host, port) => resolve::host(host, *port).await?,
             Address::OriginalDestination => {
                 let default = if cluster.key.port == 0 { 80 } else { cluster.key.port };
-                resolve::original_destination(authority, default, snapshot).await?
+                match resolve::literal_destination(authority, default) {
+                    Some(a) => a,
+                    None => Box::pin(resolve::original_destination(authority, default, snapshot)).await?,
+                }
             }
         };
         Ok(Target { addr, version, mtls })

@@ -118,8 +118,10 @@ where
         HttpMode::Http1 => builder = builder.http1_only(),
         HttpMode::Http2 => builder = builder.http2_only(),
     }
+    // The request future is boxed once: it is several KB, and hyper would otherwise move it
+    // by value (memmove) on its way into the connection's in-flight slot.
     let service = hyper::service::service_fn(move |req| {
-        let fut = handle(req);
+        let fut = Box::pin(handle(req));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {

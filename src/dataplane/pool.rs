@@ -183,7 +183,8 @@ impl Pool {
         for _ in 0..4 {
             let mut sender = match self.take_idle() {
                 Some(s) => s,
-                None => self.connect_h1().await?,
+                // Boxed: connecting (TCP, TLS) is a large future, and rare on a warm pool.
+                None => Box::pin(self.connect_h1()).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -217,7 +218,7 @@ impl Pool {
             return Ok(s.clone());
         }
         let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
-        let stream = connect(self.target.addr, mtls, Alpn::Http2).await?;
+        let stream = Box::pin(connect(self.target.addr, mtls, Alpn::Http2)).await?;
         let builder = http2::Builder::new(TokioExecutor::new());
         let sender = match stream {
             Stream::Plain(s) => {
