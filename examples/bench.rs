@@ -359,6 +359,69 @@ fn startup(devmesh: &Path, mesh_dir: &Path, path: &str, tmp: &Path) -> Option<(f
     Some((median(times), rss))
 }
 
+/// `n` ServiceEntry hosts, each with a DestinationRule (two subsets) and a VirtualService of
+/// five routes (the configuration of `a_thousand_services_and_five_thousand_routes_compile`).
+fn big_config(n: usize, weight: u32) -> String {
+    let mut y = String::new();
+    for i in 0..n {
+        let h = format!("svc-{i}.bench.test");
+        y.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [{h}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, labels: {{version: v1}}}}\n  - {{address: 127.0.0.2, labels: {{version: v2}}}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{i}}}\nspec:\n  host: {h}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [{h}]\n  http:\n\
+             \x20 - match: [{{uri: {{prefix: /v2}}}}]\n    route: [{{destination: {{host: {h}, subset: v2}}}}]\n\
+             \x20 - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: {h}, subset: v2}}}}]\n\
+             \x20 - match: [{{uri: {{regex: \"/items/{i}/[0-9]+\"}}}}]\n    timeout: 2s\n    route: [{{destination: {{host: {h}, subset: v1}}}}]\n\
+             \x20 - match: [{{queryParams: {{debug: {{exact: \"1\"}}}}}}]\n    fault: {{abort: {{httpStatus: 503, percentage: {{value: 10}}}}}}\n    route: [{{destination: {{host: {h}, subset: v1}}}}]\n\
+             \x20 - route:\n    - {{destination: {{host: {h}, subset: v1}}, weight: {weight}}}\n    - {{destination: {{host: {h}, subset: v2}}, weight: {}}}\n---\n",
+            100 - weight
+        ));
+    }
+    y
+}
+
+/// POSTs YAML to the admin API; the parsed JSON reply and the wall time of the request.
+fn post_yaml(admin: SocketAddr, yaml: &str) -> (Value, f64) {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else { return (Value::Null, 0.0) };
+    let head = format!(
+        "POST /resources?source=bench.yaml HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        yaml.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(yaml.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (serde_json::from_str(body).unwrap_or(Value::Null), ms)
+}
+
+/// Applies a 1000-service / 5000-route configuration (created, then every VirtualService
+/// reconfigured) while wrk drives traffic through the gateway; reports devmesh's compile +
+/// swap time for each, the whole apply (read, validate, compile, swap) and failed requests.
+fn reload_under_load(admin: SocketAddr, gateway: SocketAddr, secs: u64, tck: f64) -> Value {
+    let url = format!("http://{gateway}/hello");
+    let load = std::thread::spawn(move || wrk(&url, 8, secs, None, &[], tck));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut applies = Vec::new();
+    for weight in [80, 60] {
+        let (reply, wall_ms) = post_yaml(admin, &big_config(1000, weight));
+        let changed =
+            reply["results"].as_array().map_or(0, |r| r.iter().filter(|x| x["action"] != "unchanged").count());
+        applies.push(json!({
+            "resources_changed": changed,
+            "compile_and_swap_ms": reply["took_us"].as_f64().map(|us| us / 1000.0),
+            "apply_wall_ms": wall_ms,
+            "errors": reply["errors"],
+        }));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let run = load.join().unwrap_or_default();
+    json!({"applies": applies, "requests": run.requests, "failed_requests": run.errors})
+}
+
 fn main() {
     let o = opts();
     for tool in ["wrk", "nginx", "haproxy"] {
@@ -581,6 +644,7 @@ fn main() {
     }
     drop(nginx);
     drop(haproxy);
+    let reload = reload_under_load(admin, gateway, if o.smoke { 2 } else { 4 }, tck);
     drop(dm);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -651,6 +715,17 @@ fn main() {
         fixed["nginx_added_p90_ms"].as_f64().unwrap_or(0.0),
     );
 
+    for (i, a) in reload["applies"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "reload {} (1000 services, 5000 routes, {} resources changed): compile + swap {:.1} ms, whole apply {:.0} ms",
+            i + 1,
+            a["resources_changed"],
+            a["compile_and_swap_ms"].as_f64().unwrap_or(f64::NAN),
+            a["apply_wall_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    println!("requests during the reloads: {}, failed: {}", reload["requests"], reload["failed_requests"]);
+
     let report = json!({
         "rounds": o.rounds,
         "duration_s": o.duration,
@@ -662,6 +737,7 @@ fn main() {
         "devmesh_idle_rss_mib_after_load": idle_rss_kb as f64 / 1024.0,
         "per_idle_sidecar_rss_mib": sidecar_rss,
         "fixed_rate_1000": fixed,
+        "reload_1000_services": reload,
     });
     let _ = std::fs::create_dir_all(&o.out);
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

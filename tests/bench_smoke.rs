@@ -73,4 +73,14 @@ fn bench_harness_produces_a_complete_table() {
         assert_eq!(r["errors"], 0, "{r}");
     }
     assert!(report["startup"]["demo"]["first_200_ms"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    // The 1000-service reload ran under traffic: both applies took effect, nothing failed.
+    let reload = &report["reload_1000_services"];
+    let applies = reload["applies"].as_array().unwrap();
+    assert_eq!(applies.len(), 2, "{reload}");
+    assert_eq!(applies[0]["resources_changed"], 3000, "{reload}");
+    assert_eq!(applies[1]["resources_changed"], 1000, "{reload}");
+    assert!(applies.iter().all(|a| a["compile_and_swap_ms"].as_f64().unwrap_or(0.0) > 0.0), "{reload}");
+    assert!(reload["requests"].as_f64().unwrap_or(0.0) > 0.0, "{reload}");
+    assert_eq!(reload["failed_requests"], 0, "{reload}");
+    assert!(stdout.contains("reload 1 (1000 services, 5000 routes"), "{stdout}");
 }

@@ -3,6 +3,7 @@
 //! ties), with where it came from. Changes are computed on a copy: a change that fails
 //! validation or compilation never touches the store in use.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -80,9 +81,12 @@ impl Store {
     pub fn apply(&mut self, items: Vec<Resource>, source: &Source) -> Vec<Change> {
         let now = SystemTime::now();
         let mut changes = Vec::with_capacity(items.len());
+        let mut index: HashMap<ResourceKey, usize> =
+            self.entries.iter().enumerate().map(|(i, e)| (e.resource.key(), i)).collect();
         for r in items {
             let key = r.key();
-            let action = match self.entries.iter_mut().find(|e| e.resource.key() == key) {
+            let found = index.get(&key).copied();
+            let action = match found.and_then(|i| self.entries.get_mut(i)) {
                 Some(e) if same(&e.resource, &r) => {
                     // Same content: keep it, but a file now owns what it declares.
                     e.source = source.clone();
@@ -96,6 +100,7 @@ impl Store {
                     Action::Configured
                 }
                 None => {
+                    index.insert(key.clone(), self.entries.len());
                     self.entries.push(Entry { resource: r, source: source.clone(), created: now, generation: 1 });
                     Action::Created
                 }
@@ -109,10 +114,19 @@ impl Store {
     pub fn delete(&mut self, keys: &[ResourceKey]) -> (Vec<Change>, Vec<ResourceKey>) {
         let mut changes = Vec::new();
         let mut missing = Vec::new();
+        let doomed: std::collections::HashSet<&ResourceKey> = keys.iter().collect();
+        let mut found = std::collections::HashSet::new();
+        self.entries.retain(|e| {
+            let k = e.resource.key();
+            if doomed.contains(&k) {
+                found.insert(k);
+                false
+            } else {
+                true
+            }
+        });
         for k in keys {
-            let before = self.entries.len();
-            self.entries.retain(|e| e.resource.key() != *k);
-            if self.entries.len() < before {
+            if found.contains(k) {
                 changes.push(Change { key: k.clone(), action: Action::Deleted });
             } else {
                 missing.push(k.clone());
@@ -126,7 +140,7 @@ impl Store {
     /// not reported.
     pub fn sync_file(&mut self, file: &Path, items: Vec<Resource>) -> Vec<Change> {
         let source = Source::File(file.to_path_buf());
-        let keys: Vec<ResourceKey> = items.iter().map(Resource::key).collect();
+        let keys: std::collections::HashSet<ResourceKey> = items.iter().map(Resource::key).collect();
         let gone: Vec<ResourceKey> = self
             .entries
             .iter()

@@ -3,7 +3,7 @@
 //! that applies (looked up as Istio does: the client's namespace, then the service's, then
 //! the root namespace; exact host before the longest wildcard).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -26,6 +26,9 @@ pub struct Clusters<'a> {
     topology: &'a Topology,
     registry: &'a Registry,
     rules: Vec<Rule<'a>>,
+    /// Rules by exact host; rules with a wildcard host apart.
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
     cache: BTreeMap<(String, ClusterKey), Arc<Cluster>>,
 }
 
@@ -79,7 +82,7 @@ fn port_is(sel: Option<&crate::config::istio::virtual_service::PortSelector>, po
 
 impl<'a> Clusters<'a> {
     pub fn new(topology: &'a Topology, registry: &'a Registry, resources: &'a [Resource]) -> Self {
-        let rules = resources
+        let rules: Vec<Rule> = resources
             .iter()
             .filter_map(|r| match &r.spec {
                 Spec::DestinationRule(dr) => Some(Rule {
@@ -91,7 +94,16 @@ impl<'a> Clusters<'a> {
                 _ => None,
             })
             .collect();
-        Clusters { topology, registry, rules, cache: BTreeMap::new() }
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if r.host.starts_with('*') {
+                wildcard.push(i);
+            } else {
+                exact.entry(r.host.clone()).or_default().push(i);
+            }
+        }
+        Clusters { topology, registry, rules, exact, wildcard, cache: BTreeMap::new() }
     }
 
     /// The DestinationRule for `host` (fully qualified) as seen from `client_ns`.
@@ -108,14 +120,18 @@ impl<'a> Clusters<'a> {
         if !order.contains(&ROOT_NAMESPACE) {
             order.push(ROOT_NAMESPACE);
         }
+        let applies =
+            |r: &Rule, ns: &str| r.resource.metadata.namespace == ns && exported_to(&r.export_to, ns, client_ns);
         for ns in order {
-            let candidates = self.rules.iter().filter(|r| {
-                r.resource.metadata.namespace == ns
-                    && exported_to(&r.export_to, ns, client_ns)
-                    && host_covers(&r.host, host)
-            });
             // Exact first, then the longest wildcard.
-            let best = candidates.max_by_key(|r| if r.host == host { usize::MAX } else { r.host.len() });
+            let exact = self.exact.get(host).into_iter().flatten().map(|i| &self.rules[*i]).find(|r| applies(r, ns));
+            let best = exact.or_else(|| {
+                self.wildcard
+                    .iter()
+                    .map(|i| &self.rules[*i])
+                    .filter(|r| applies(r, ns) && host_covers(&r.host, host))
+                    .max_by_key(|r| r.host.len())
+            });
             if let Some(r) = best {
                 return Some((r.resource, r.spec));
             }

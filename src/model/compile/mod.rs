@@ -64,11 +64,13 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
     // Sidecar routes, per registry service port.
     let mut mesh_routes = HashMap::new();
     let mut tcp_routes = HashMap::new();
+    let index = MeshIndex::new(&virtual_services, &registry, &mesh_ns);
     for (si, svc) in registry.services.iter().enumerate() {
         if !svc.visible_to(&mesh_ns) {
             continue;
         }
-        let bound = mesh_virtual_services(&virtual_services, &registry, si, &mesh_ns);
+        let bound: Vec<(&Resource, &VirtualServiceSpec)> =
+            index.lookup(si, &svc.host).map(|vi| virtual_services[vi]).into_iter().collect();
         for port in &svc.ports {
             let mut routes = Vec::new();
             let mut tcp = Vec::new();
@@ -244,39 +246,48 @@ fn applies_to_mesh(vs: &VirtualServiceSpec) -> bool {
     vs.gateways.is_empty() || vs.gateways.iter().any(|g| g.as_str() == "mesh")
 }
 
-/// How specifically a VirtualService host names registry service `si`: exact beats the
-/// longest wildcard; `None` when it does not.
-fn host_rank(registry: &Registry, host: &str, namespace: &str, si: usize) -> Option<usize> {
-    let svc = registry.get(si)?;
-    let q = hosts::qualify(host, namespace);
-    if q == svc.host || registry.find(host, namespace) == Some(si) {
-        return Some(usize::MAX);
-    }
-    (q.starts_with('*') && host_covers(&q, &svc.host)).then_some(q.len())
+/// Which VirtualService a sidecar uses for each registry service: those for the mesh,
+/// visible in the mesh namespace, naming the service most specifically (exact host before the
+/// longest wildcard); the first one wins a host (Istio merges VirtualServices for one host
+/// only on gateways). Built once, so lookups do not scan every VirtualService per service.
+struct MeshIndex {
+    exact: HashMap<usize, usize>,
+    wildcard: Vec<(String, usize)>,
 }
 
-/// The VirtualServices a sidecar uses for service `si`: those for the mesh, visible in
-/// `mesh_ns`, naming the service most specifically; the first one wins a host (Istio merges
-/// VirtualServices for one host only on gateways).
-fn mesh_virtual_services<'a>(
-    all: &[(&'a Resource, &'a VirtualServiceSpec)],
-    registry: &Registry,
-    si: usize,
-    mesh_ns: &str,
-) -> Vec<(&'a Resource, &'a VirtualServiceSpec)> {
-    let mut best: Option<(usize, (&Resource, &VirtualServiceSpec))> = None;
-    for (r, vs) in all {
-        if !applies_to_mesh(vs) || !exported_to(&export_list(&vs.export_to), &r.metadata.namespace, mesh_ns) {
-            continue;
+impl MeshIndex {
+    fn new(all: &[(&Resource, &VirtualServiceSpec)], registry: &Registry, mesh_ns: &str) -> MeshIndex {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (vi, (r, vs)) in all.iter().enumerate() {
+            let ns = &r.metadata.namespace;
+            if !applies_to_mesh(vs) || !exported_to(&export_list(&vs.export_to), ns, mesh_ns) {
+                continue;
+            }
+            for h in &vs.hosts {
+                let q = hosts::qualify(h, ns);
+                if q.starts_with('*') {
+                    wildcard.push((q, vi));
+                } else if let Some(si) = registry.find(h, ns) {
+                    exact.entry(si).or_insert(vi);
+                }
+            }
         }
-        let rank = vs.hosts.iter().filter_map(|h| host_rank(registry, h, &r.metadata.namespace, si)).max();
-        if let Some(rank) = rank
-            && best.is_none_or(|(b, _)| rank > b)
-        {
-            best = Some((rank, (*r, *vs)));
-        }
+        MeshIndex { exact, wildcard }
     }
-    best.map(|(_, v)| vec![v]).unwrap_or_default()
+
+    fn lookup(&self, si: usize, host: &str) -> Option<usize> {
+        if let Some(vi) = self.exact.get(&si) {
+            return Some(*vi);
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for (pattern, vi) in &self.wildcard {
+            if host_covers(pattern, host) && best.is_none_or(|(len, _)| pattern.len() > len) {
+                best = Some((pattern.len(), *vi));
+            }
+        }
+        best.map(|(_, vi)| vi)
+    }
 }
 
 /// Whether a Gateway server port belongs to the listener for mesh-file port `service_port`
@@ -341,6 +352,58 @@ fn merge_vhost(listener: &mut GatewayListener, domains: Vec<String>, gateway: St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` ServiceEntry hosts, each with a DestinationRule (two subsets) and a VirtualService
+    /// of five routes: the 1000-service / 5000-route configuration of the reload benchmark.
+    pub fn big_config(n: usize, weight: u32) -> String {
+        let mut y = String::new();
+        for i in 0..n {
+            y.push_str(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [svc-{i}.bench.test]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, labels: {{version: v1}}}}\n  - {{address: 127.0.0.2, labels: {{version: v2}}}}\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{i}}}\nspec:\n  host: svc-{i}.bench.test\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [svc-{i}.bench.test]\n  http:\n\
+                 \x20 - match: [{{uri: {{prefix: /v2}}}}]\n    route: [{{destination: {{host: svc-{i}.bench.test, subset: v2}}}}]\n\
+                 \x20 - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: svc-{i}.bench.test, subset: v2}}}}]\n\
+                 \x20 - match: [{{uri: {{regex: \"/items/{i}/[0-9]+\"}}}}]\n    timeout: 2s\n    route: [{{destination: {{host: svc-{i}.bench.test, subset: v1}}}}]\n\
+                 \x20 - match: [{{queryParams: {{debug: {{exact: \"1\"}}}}}}]\n    fault: {{abort: {{httpStatus: 503, percentage: {{value: 10}}}}}}\n    route: [{{destination: {{host: svc-{i}.bench.test, subset: v1}}}}]\n\
+                 \x20 - route:\n    - {{destination: {{host: svc-{i}.bench.test, subset: v1}}, weight: {weight}}}\n    - {{destination: {{host: svc-{i}.bench.test, subset: v2}}, weight: {}}}\n---\n",
+                100 - weight
+            ));
+        }
+        y
+    }
+
+    #[test]
+    fn a_thousand_services_and_five_thousand_routes_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh_file = dir.path().join("devmesh.yaml");
+        std::fs::write(
+            &mesh_file,
+            "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{command: [x]}]\n",
+        )
+        .unwrap();
+        let mut d = Diagnostics::new();
+        let mesh = crate::config::mesh::load(&mesh_file, &mut d).unwrap();
+        let topology = Arc::new(crate::app::topology::plan(&mesh).unwrap());
+        let t = std::time::Instant::now();
+        let resources = crate::config::load::text(Arc::from("big.yaml"), &big_config(1000, 80), "default", &mut d);
+        assert!(!d.has_errors(), "{}", d.render());
+        let parsed = t.elapsed();
+        let t = std::time::Instant::now();
+        let c = compile(topology, Arc::new(resources), 2, OutboundMode::AllowAny);
+        let compiled = t.elapsed();
+        eprintln!("1000 services: parse+validate {parsed:?}, compile {compiled:?} (this build)");
+        let snap = c.snapshot;
+        assert_eq!(snap.registry.services.len(), 1001);
+        let routes: usize = snap.mesh_routes.values().map(|t| t.routes.len()).sum();
+        assert_eq!(routes, 1000 * 5 + 1, "5000 VirtualService routes and web's default route");
+        assert_eq!(snap.clusters.len(), 1000 * 3 + 1);
+        let si = snap.registry.find("svc-999.bench.test", "default").unwrap();
+        let table = &snap.mesh_routes[&(si, 80)];
+        let Action::Route(f) = &table.routes[4].action else { panic!("a forward route") };
+        assert_eq!(f.destinations.iter().map(|d| d.weight).collect::<Vec<_>>(), [80, 20]);
+        assert_eq!(f.destinations[1].cluster.endpoints.len(), 1, "subset v2 has one endpoint");
+    }
 
     #[test]
     fn gateway_server_ports_bind_like_the_ingress_gateway_service() {
