@@ -79,10 +79,14 @@ fn traffic_policy(tp: &TrafficPolicy, external: bool, warn: &mut impl FnMut(Pos,
     if let Some(o) = &tp.outlier_detection {
         warn(o.pos, not_yet(dr, "trafficPolicy.outlierDetection"));
     }
-    for (field, v) in [("tunnel", &tp.tunnel), ("proxyProtocol", &tp.proxy_protocol), ("retryBudget", &tp.retry_budget)]
-    {
-        if let Some(v) = v {
-            warn(v.pos, not_yet(dr, &format!("trafficPolicy.{field}")));
+    let positions = [
+        ("tunnel", tp.tunnel.as_ref().map(|t| t.pos)),
+        ("proxyProtocol", tp.proxy_protocol.as_ref().map(|t| t.pos)),
+        ("retryBudget", tp.retry_budget.as_ref().map(|t| t.pos)),
+    ];
+    for (field, pos) in positions {
+        if let Some(pos) = pos {
+            warn(pos, not_yet(dr, &format!("trafficPolicy.{field}")));
         }
     }
     if let Some(lb) = &tp.load_balancer {

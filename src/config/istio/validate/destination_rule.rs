@@ -76,6 +76,25 @@ fn traffic_policy(v: &mut V, tp: &TrafficPolicy) {
     if let Some(lb) = &tp.load_balancer {
         load_balancer(v, lb);
     }
+    if let Some(cp) = &tp.connection_pool {
+        connection_pool(v, cp);
+    }
+    if let Some(od) = &tp.outlier_detection {
+        outlier_detection(v, od);
+    }
+    if let Some(t) = &tp.tls {
+        client_tls(v, t);
+    }
+    if let Some(t) = &tp.tunnel {
+        tunnel(v, t);
+    }
+    if let Some(lb) = &tp.load_balancer
+        && let Some(l) = &lb.locality_lb_setting
+        && !l.failover.is_empty()
+        && tp.outlier_detection.is_none()
+    {
+        v.warn(l.pos, "outlier detection policy must be provided for failover");
+    }
     for p in &tp.port_level_settings {
         match &p.port {
             Some(sel) => port(v, &sel.number),
@@ -87,6 +106,198 @@ fn traffic_policy(v: &mut V, tp: &TrafficPolicy) {
         }
         if let Some(lb) = &p.load_balancer {
             load_balancer(v, lb);
+        }
+        if let Some(cp) = &p.connection_pool {
+            connection_pool(v, cp);
+        }
+        if let Some(od) = &p.outlier_detection {
+            outlier_detection(v, od);
+        }
+        if let Some(t) = &p.tls {
+            client_tls(v, t);
+        }
+    }
+}
+
+fn non_negative(v: &mut V, value: &Option<Spanned<i64>>, what: &str) {
+    if let Some(n) = value
+        && n.value < 0
+    {
+        v.err(n.pos, format!("{what} must be non-negative"));
+    }
+}
+
+fn durations(v: &mut V, list: &[&Option<Spanned<String>>]) {
+    for d in list.iter().copied().flatten() {
+        check_duration(v, d);
+    }
+}
+
+fn connection_pool(v: &mut V, cp: &Spanned<ConnectionPoolSettings>) {
+    if cp.tcp.is_none() && cp.http.is_none() {
+        v.err(cp.pos, "connection pool must have at least one field");
+    }
+    if let Some(h) = &cp.http {
+        non_negative(v, &h.http1_max_pending_requests, "http1 max pending requests");
+        non_negative(v, &h.http2_max_requests, "http2 max requests");
+        non_negative(v, &h.max_requests_per_connection, "max requests per connection");
+        non_negative(v, &h.max_retries, "max retries");
+        non_negative(v, &h.max_concurrent_streams, "max concurrent streams");
+        durations(v, &[&h.idle_timeout]);
+        if let Some(p) = &h.h2_upgrade_policy
+            && p.value == H2UpgradePolicy::Upgrade
+            && h.use_client_protocol == Some(true)
+        {
+            v.err(p.pos, "use client protocol must not be true when H2UpgradePolicy is UPGRADE");
+        }
+        if let Some(k) = &h.http2_keep_alive {
+            if k.interval.is_none() {
+                v.err(k.pos, "http2 keepalive interval is required");
+            }
+            if k.timeout.is_none() {
+                v.err(k.pos, "http2 keepalive timeout is required");
+            }
+            durations(v, &[&k.interval, &k.timeout]);
+        }
+    }
+    if let Some(t) = &cp.tcp {
+        non_negative(v, &t.max_connections, "max connections");
+        durations(v, &[&t.connect_timeout, &t.max_connection_duration]);
+        // An idle timeout of 0s turns it off for TCP.
+        if let Some(d) = &t.idle_timeout
+            && d.as_str() != "0s"
+            && d.as_str() != "0"
+        {
+            check_duration(v, d);
+        }
+        if let Some(k) = &t.tcp_keepalive {
+            durations(v, &[&k.time, &k.interval]);
+        }
+    }
+}
+
+fn outlier_detection(v: &mut V, od: &Spanned<OutlierDetection>) {
+    durations(v, &[&od.base_ejection_time, &od.interval]);
+    for p in [&od.max_ejection_percent, &od.min_health_percent].into_iter().flatten() {
+        if !(0..=100).contains(&p.value) {
+            v.err(p.pos, format!("percentage {} is not in range 0..100", p.value));
+        }
+    }
+    if let Some(f) = &od.consecutive_local_origin_failures
+        && f.value > 0
+        && od.split_external_local_origin_errors != Some(true)
+    {
+        v.err(
+            f.pos,
+            "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false",
+        );
+    }
+    if let Some(c) = &od.consecutive_errors {
+        v.warn(
+            c.pos,
+            "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead",
+        );
+    }
+    for c in &od.outlier_detection_http_error_codes {
+        if !(100..=599).contains(&c.value) {
+            v.err(c.pos, format!("outlierDetectionHttpErrorCodes: {} is not an HTTP status in 100..599", c.value));
+        }
+    }
+}
+
+fn client_tls(v: &mut V, t: &Spanned<ClientTlsSettings>) {
+    let mode = t.mode;
+    let has = |o: &Option<String>| o.as_ref().is_some_and(|s| !s.is_empty());
+    let credential = has(&t.credential_name);
+    if mode == Some(ClientTlsMode::Mutual) && !credential {
+        if !has(&t.client_certificate) {
+            v.err(t.pos, "client certificate required for mutual tls");
+        }
+        if !has(&t.private_key) {
+            v.err(t.pos, "private key required for mutual tls");
+        }
+    }
+    if matches!(mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
+        && credential
+        && (has(&t.client_certificate) || has(&t.ca_certificates) || has(&t.private_key) || has(&t.ca_crl))
+    {
+        v.err(t.pos, "cannot specify client certificates or CA certificate or CA CRL If credentialName is set");
+    }
+    if t.insecure_skip_verify == Some(true) {
+        match mode {
+            Some(ClientTlsMode::Simple) if has(&t.ca_certificates) || credential || !t.subject_alt_names.is_empty() => {
+                v.err(
+                    t.pos,
+                    "cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true",
+                );
+            }
+            Some(ClientTlsMode::Mutual) if has(&t.ca_certificates) || !t.subject_alt_names.is_empty() => {
+                v.err(t.pos, "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn tunnel(v: &mut V, t: &Spanned<TunnelSettings>) {
+    if let Some(p) = &t.protocol
+        && !matches!(p.as_str(), "CONNECT" | "POST")
+    {
+        v.err(p.pos, "tunnel protocol must be \"CONNECT\" or \"POST\"");
+    }
+    let host = t.target_host.as_str();
+    if host.is_empty() || (host.parse::<std::net::IpAddr>().is_err() && names::check_fqdn(host).is_err()) {
+        let pos = if t.target_host.pos == Pos::default() { t.pos } else { t.target_host.pos };
+        v.err(pos, format!("tunnel target host must be valid FQDN or IP address: {host:?}"));
+    }
+    match &t.target_port {
+        Some(p) if (1..=65535).contains(&p.value) => {}
+        Some(p) => v.err(
+            p.pos,
+            format!("tunnel target port is invalid: port number {} must be in the range 1..65535", p.value),
+        ),
+        None => v.err(t.pos, "tunnel target port is invalid: port number 0 must be in the range 1..65535"),
+    }
+}
+
+fn locality(v: &mut V, l: &Spanned<LocalityLbSetting>) {
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        v.err(l.pos, "can not simultaneously specify 'distribute' and 'failover'");
+    }
+    let wildcard_ok = |loc: &str| loc.matches('*').count() <= 1 && (!loc.contains('*') || loc.ends_with('*'));
+    let mut seen: Vec<String> = Vec::new();
+    for d in &l.distribute {
+        if !wildcard_ok(&d.from) {
+            v.err(d.pos, format!("locality {} wildcard '*' number can not exceed 1 and must be in the end", d.from));
+        }
+        let prefix = d.from.trim_end_matches('*');
+        if seen.iter().any(|s| s.starts_with(prefix) || prefix.starts_with(s.as_str())) {
+            v.err(d.pos, format!("locality {} overlap with previous specified ones", d.from));
+        }
+        seen.push(prefix.to_string());
+        let mut total = 0u64;
+        for (to, w) in &d.to {
+            if !wildcard_ok(to) {
+                v.err(d.pos, format!("locality {to} wildcard '*' number can not exceed 1 and must be in the end"));
+            }
+            if !(1..=100).contains(w) {
+                v.err(d.pos, "locality weight must be in range [1, 100]");
+            }
+            total += u64::from(*w);
+        }
+        if total != 100 {
+            v.err(d.pos, format!("total locality weight {total} != 100"));
+        }
+    }
+    for f in &l.failover {
+        if f.from == f.to {
+            v.err(f.pos, "locality lb failover settings must specify different regions");
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            v.err(f.pos, "locality lb failover only specify region");
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            v.err(f.pos, "locality lb failover region should not contain '*' wildcard");
         }
     }
 }
@@ -114,6 +325,31 @@ fn load_balancer(v: &mut V, lb: &Spanned<LoadBalancerSettings>) {
     }
     if let Some(w) = &lb.warmup_duration_secs {
         check_duration(v, w);
+    }
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        v.err(lb.pos, "only one of localityLbSetting and zoneAwareLbSetting can be set");
+    }
+    if let Some(l) = &lb.locality_lb_setting {
+        locality(v, l);
+    }
+    if let Some(w) = &lb.warmup {
+        match &w.duration {
+            None => v.err(w.pos, "duration is required"),
+            Some(d) => check_duration(v, d),
+        }
+        if let Some(m) = &w.minimum_percent
+            && m.value > 100.0
+        {
+            v.err(m.pos, "minimumPercent value should be less than or equal to 100");
+        }
+        if let Some(a) = &w.aggression
+            && a.value <= 0.0
+        {
+            v.err(a.pos, "aggression should be greater than 0");
+        }
+    }
+    if lb.warmup_duration_secs.is_some() && lb.warmup.is_some() {
+        v.err(lb.pos, "only one of warmupDurationSecs or warmup can be set");
     }
     let Some(ch) = &lb.consistent_hash else { return };
     let keys = usize::from(ch.http_header_name.is_some())

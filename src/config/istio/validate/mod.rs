@@ -266,6 +266,52 @@ mod tests {
     }
 
     #[test]
+    fn destination_rule_rules_with_positions() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {http1MaxPendingRequests: -1, h2UpgradePolicy: UPGRADE, useClientProtocol: true}\n      tcp: {connectTimeout: 5}\n    outlierDetection: {maxEjectionPercent: 150, consecutiveLocalOriginFailures: 3, consecutiveErrors: 5}\n    loadBalancer:\n      consistentHash: {httpCookie: {ttl: 0s}, maglev: {tableSize: 1000}}\n    tls: {mode: MUTUAL}\n    tunnel: {protocol: GET, targetHost: \"bad host\", targetPort: 0}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v1}\n  - {name: V_2}\n";
+        assert_eq!(
+            check(text),
+            "v.yaml:8:39: error: http1 max pending requests must be non-negative\n\
+             v.yaml:8:60: error: use client protocol must not be true when H2UpgradePolicy is UPGRADE\n\
+             v.yaml:9:29: error: time: missing unit in duration \"5\"\n\
+             v.yaml:10:44: error: percentage 150 is not in range 0..100\n\
+             v.yaml:10:81: error: outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false\n\
+             v.yaml:10:103: warning: outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead\n\
+             v.yaml:12:36: error: name required for HttpCookie\n\
+             v.yaml:12:55: error: tableSize must be a prime number for maglev\n\
+             v.yaml:13:10: error: client certificate required for mutual tls\n\
+             v.yaml:13:10: error: private key required for mutual tls\n\
+             v.yaml:14:24: error: tunnel protocol must be \"CONNECT\" or \"POST\"\n\
+             v.yaml:14:41: error: tunnel target host must be valid FQDN or IP address: \"bad host\"\n\
+             v.yaml:14:65: error: tunnel target port is invalid: port number 0 must be in the range 1..65535\n\
+             v.yaml:17:12: error: duplicate subset names: v1\n\
+             v.yaml:18:12: error: subset name is invalid: V_2\n"
+        );
+    }
+
+    #[test]
+    fn service_entry_and_sidecar_rules_with_positions() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [\"*\", api.example.com]\n  addresses: [10.0.0.0/8, nope]\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n  - {number: 80, name: http, protocol: FTP}\n  resolution: DNS\n  endpoints:\n  - {address: \"not a host\", ports: {grpc: 9000}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec:\n  egress:\n  - hosts: [reviews, \"./reviews\", \"*/*\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: proxy}}\n";
+        assert_eq!(
+            check(text),
+            "v.yaml:5:3: error: multiple hosts provided with non-HTTP, non-TLS ports\n\
+             v.yaml:5:3: warning: service entry can not have more than one host specified simultaneously with address and tcp port\n\
+             v.yaml:5:11: error: invalid host *\n\
+             v.yaml:6:15: error: CIDR addresses are allowed only for NONE/STATIC resolution types\n\
+             v.yaml:6:27: error: nope is not a valid IP\n\
+             v.yaml:9:14: error: service entry port 80 already defined\n\
+             v.yaml:9:24: error: service entry port name \"http\" already defined\n\
+             v.yaml:9:40: error: unsupported protocol: FTP\n\
+             v.yaml:12:15: error: endpoint address \"not a host\" is not a valid FQDN or an IP address\n\
+             v.yaml:12:43: error: endpoint port grpc is not defined by the service entry\n\
+             v.yaml:19:5: warning: `*/*` host select all resources, no other hosts can be added\n\
+             v.yaml:19:13: error: host must be of form namespace/dnsName\n\
+             v.yaml:19:22: error: short names (non FQDN) are not allowed\n\
+             v.yaml:20:26: error: sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy mode\n\
+             v.yaml:20:61: error: sidecar: egress_proxy port must be non-nil\n"
+        );
+    }
+
+    #[test]
     fn istio_bookinfo_gateway_is_valid() {
         let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: bookinfo-gateway\nspec:\n  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 8080\n      name: http\n      protocol: HTTP\n    hosts:\n    - \"*\"\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: bookinfo\nspec:\n  hosts:\n  - \"*\"\n  gateways:\n  - bookinfo-gateway\n  http:\n  - match:\n    - uri:\n        exact: /productpage\n    - uri:\n        prefix: /static\n    route:\n    - destination:\n        host: productpage\n        port:\n          number: 9080\n";
         assert_eq!(check(text), "");

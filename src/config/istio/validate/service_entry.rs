@@ -41,6 +41,14 @@ pub(super) fn service_entry(v: &mut V, res: &Resource, se: &ServiceEntrySpec) {
     if se.workload_selector.is_some() && !se.endpoints.is_empty() {
         v.err(at, "only one of WorkloadSelector or Endpoints is allowed in Service Entry");
     }
+    if let Some(ws) = &se.workload_selector
+        && ws.labels.is_empty()
+    {
+        v.warn(
+            ws.pos,
+            "service entry: workload selector specified without labels, will be applied to all services in namespace",
+        );
+    }
     for a in &se.addresses {
         match ip_or_cidr(a) {
             Err(e) => v.err(a.pos, e),
@@ -89,7 +97,22 @@ pub(super) fn service_entry(v: &mut V, res: &Resource, se: &ServiceEntrySpec) {
         if !proto.is_some_and(|p| p.is_http() || matches!(p, Protocol::Https | Protocol::Tls)) {
             non_http = true;
         }
+        if matches!(proto, None | Some(Protocol::Tcp)) && se.addresses.is_empty() {
+            v.warn(
+                p.at.0,
+                "addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled",
+            );
+        }
+        if resolution == Resolution::DynamicDns
+            && !matches!(proto, Some(Protocol::Http | Protocol::Tls | Protocol::Grpc | Protocol::Http2))
+        {
+            v.err(p.at.0, "only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type DYNAMIC_DNS");
+        }
     }
+    let tcp_class = se.ports.iter().any(|p| {
+        let proto = p.protocol.as_ref().map(|p| Protocol::parse(p));
+        !proto.is_some_and(|p| p.is_http())
+    });
     match resolution {
         Resolution::None => {
             if !se.endpoints.is_empty() {
@@ -102,10 +125,17 @@ pub(super) fn service_entry(v: &mut V, res: &Resource, se: &ServiceEntrySpec) {
         Resolution::Static => {
             for e in &se.endpoints {
                 match &e.address {
+                    None if e.network.is_some() => v.warn(
+                        e.at.0,
+                        format!("address is unset with network {:?}", e.network.as_deref().unwrap_or_default()),
+                    ),
                     None => v.err(e.at.0, "address is required"),
                     Some(a) if a.starts_with("unix://") => {
                         if !e.ports.is_empty() {
                             v.err(a.pos, format!("unix endpoint {} must not include ports", a.value));
+                        }
+                        if se.ports.len() != 1 {
+                            v.err(a.pos, "exactly 1 service port required for unix endpoints");
                         }
                     }
                     Some(a) if a.parse::<std::net::IpAddr>().is_err() => {
@@ -131,6 +161,12 @@ pub(super) fn service_entry(v: &mut V, res: &Resource, se: &ServiceEntrySpec) {
                     }
                 }
             }
+            if !se.addresses.is_empty() && tcp_class && se.hosts.len() > 1 {
+                v.warn(
+                    at,
+                    "service entry can not have more than one host specified simultaneously with address and tcp port",
+                );
+            }
             if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
                 v.err(at, "there must only be 0 or 1 endpoint for resolution mode DNS_ROUND_ROBIN");
             }
@@ -155,6 +191,9 @@ pub(super) fn service_entry(v: &mut V, res: &Resource, se: &ServiceEntrySpec) {
             }
             if !se.endpoints.is_empty() {
                 v.err(at, "endpoints cannot be set for resolution type DYNAMIC_DNS");
+            }
+            if se.location.is_none() {
+                v.err(at, "location must be MESH_EXTERNAL or MESH_INTERNAL for resolution type DYNAMIC_DNS");
             }
         }
     }
@@ -241,6 +280,12 @@ pub(super) fn sidecar(v: &mut V, res: &Resource, sc: &SidecarSpec) {
         if l.hosts.iter().any(|h| h.as_str() == "*/*") && l.hosts.len() > 1 {
             v.warn(l.at.0, "`*/*` host select all resources, no other hosts can be added");
         }
+        if let Some(n) = l.port.as_ref().and_then(|p| p.number.as_ref())
+            && n.value == 0
+            && !l.bind.as_deref().is_some_and(|b| b.starts_with("unix://"))
+        {
+            v.err(n.pos, "sidecar: ports with 0 value must have a unix domain socket bind address");
+        }
         if l.port.as_ref().and_then(|p| p.number.as_ref()).is_none() {
             portless += 1;
             if i + 1 != sc.egress.len() {
@@ -251,7 +296,13 @@ pub(super) fn sidecar(v: &mut V, res: &Resource, sc: &SidecarSpec) {
     if portless > 1 {
         v.err(at, "sidecar: egress can have only one listener with empty port");
     }
+    ingress(v, sc);
     if let Some(p) = &sc.outbound_traffic_policy {
+        if let Some(ep) = &p.egress_proxy
+            && ep.get("port").is_none_or(|port| port.is_null())
+        {
+            v.err(ep.pos, "sidecar: egress_proxy port must be non-nil");
+        }
         if p.egress_proxy.is_some() && p.mode != Some(SidecarOutboundMode::AllowAny) {
             v.err(p.pos, "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy mode");
         }
@@ -262,6 +313,64 @@ pub(super) fn sidecar(v: &mut V, res: &Resource, sc: &SidecarSpec) {
             );
         }
     }
+}
+
+/// `ingress[]` listeners (read as free-form values: devmesh does not act on them yet).
+fn ingress(v: &mut V, sc: &SidecarSpec) {
+    let mut ports = HashSet::new();
+    for l in &sc.ingress {
+        let Some(obj) = l.as_object() else {
+            v.err(l.pos, "sidecar: ingress may not be null");
+            continue;
+        };
+        match obj.get("port").and_then(|p| p.get("number")).and_then(|n| n.as_i64()) {
+            None => v.err(l.pos, "sidecar: port is required for ingress listeners"),
+            Some(n) => {
+                if !(1..=65535).contains(&n) {
+                    v.err(l.pos, format!("port number {n} must be in the range 1..65535"));
+                }
+                if !ports.insert(n) {
+                    v.err(l.pos, "sidecar: ports on IP bound listeners must be unique");
+                }
+            }
+        }
+        if obj.get("port").and_then(|p| p.get("targetPort")).is_some() {
+            v.err(l.pos, "targetPort has no impact on Sidecars");
+        }
+        if let Some(ep) = obj.get("defaultEndpoint").and_then(|e| e.as_str())
+            && !ep.is_empty()
+            && !valid_default_endpoint(ep)
+        {
+            v.err(
+                l.pos,
+                "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath or unset",
+            );
+        }
+        if let Some(tls) = obj.get("tls").and_then(|t| t.as_object()) {
+            if let Some(mode) = tls.get("mode").and_then(|m| m.as_str())
+                && matches!(mode, "ISTIO_MUTUAL" | "AUTO_PASSTHROUGH")
+            {
+                v.err(l.pos, format!("configuration is invalid: cannot set mode to {mode} in sidecar ingress tls"));
+            }
+            if tls.get("subjectAltNames").and_then(|s| s.as_array()).is_some_and(|a| !a.is_empty()) {
+                v.err(l.pos, "sidecar: subjectAltNames is not supported in ingress tls");
+            }
+            if tls.get("httpsRedirect").and_then(|b| b.as_bool()) == Some(true) {
+                v.err(l.pos, "sidecar: httpsRedirect is not supported");
+            }
+            if tls.get("credentialName").and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty()) {
+                v.err(l.pos, "sidecar: credentialName is not currently supported");
+            }
+        }
+    }
+}
+
+fn valid_default_endpoint(ep: &str) -> bool {
+    if ep.starts_with("unix://") {
+        return true;
+    }
+    let port = ["127.0.0.1:", "0.0.0.0:", "[::1]:", "[::]:", ":"].iter().find_map(|p| ep.strip_prefix(p));
+    port.is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[cfg(test)]
@@ -279,5 +388,7 @@ mod tests {
         assert_eq!(sidecar_host("./reviews"), Err("short names (non FQDN) are not allowed".into()));
         assert!(ip_or_cidr("10.0.0.0/8").unwrap() && !ip_or_cidr("10.1.2.3").unwrap());
         assert_eq!(ip_or_cidr("10.0.0.0/40"), Err("10.0.0.0/40 is not a valid CIDR block".into()));
+        assert!(valid_default_endpoint("127.0.0.1:8080") && valid_default_endpoint(":80"));
+        assert!(valid_default_endpoint("unix:///var/run/app.sock") && !valid_default_endpoint("10.0.0.1:80"));
     }
 }
