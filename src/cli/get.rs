@@ -106,7 +106,8 @@ fn services(dump: &Value) -> Vec<Value> {
     out
 }
 
-fn render(rows: Vec<Vec<String>>) -> String {
+/// Columns padded to their widest cell, three spaces apart (kubectl's layout).
+pub(super) fn render(rows: Vec<Vec<String>>) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -118,7 +119,8 @@ fn render(rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as a table cell (`-` for null).
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

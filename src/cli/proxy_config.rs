@@ -6,28 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use serde_json::Value;
 
+use super::get::{render, s};
 use super::{Output, ProxyConfigArgs, ProxyConfigWhat};
 use crate::admin::client::Client;
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn render(rows: Vec<Vec<String>>) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(c, v)| format!("{v:<w$}", w = widths[c])).collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
-}
 
 fn destinations(v: &Value) -> String {
     match v["action"].as_str() {
