@@ -10,25 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const MESH: &str = r#"
-namespace: default
-config: [routes.yaml]
-gateways:
-  istio-ingressgateway:
-    labels: {istio: ingressgateway}
-    ports: {80: 0}
-services:
-  backend:
-    ports: [{name: http, port: 8000}]
-    workloads:
-      - labels: {version: v1}
-        command: ["{httpbin}"]
-        readiness: {http: /health}
-      - labels: {version: v2}
-        command: ["{httpbin}"]
-        readiness: {http: /health}
-"#;
-
 /// Gateway + DestinationRule + a VirtualService sending everything to `subset`; `uri` is
 /// the match regex of a first route (line 27, column 16 of the file).
 fn routes(subset: &str, uri: &str) -> String {
@@ -81,7 +62,7 @@ fn save(m: &Mesh, text: &str) {
 
 #[test]
 fn watched_file_reloads_within_a_second_and_bad_edits_are_rejected() {
-    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    let m = Mesh::start(&backend_mesh("routes.yaml"), &[("routes.yaml", &routes("v1", "/special"))]);
     m.wait_ready();
     assert!((0..10).all(|_| served(&m) == "backend-v1"));
 
@@ -112,7 +93,7 @@ fn watched_file_reloads_within_a_second_and_bad_edits_are_rejected() {
 
 #[test]
 fn reloads_under_load_lose_no_request() {
-    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    let m = Mesh::start(&backend_mesh("routes.yaml"), &[("routes.yaml", &routes("v1", "/special"))]);
     m.wait_ready();
     let gw = m.gateway();
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,7 +171,7 @@ fn reloads_under_load_lose_no_request() {
 
 #[test]
 fn apply_get_delete_and_proxy_config_like_kubectl_and_istioctl() {
-    let m = Mesh::start(MESH, &[("routes.yaml", &routes("v1", "/special"))]);
+    let m = Mesh::start(&backend_mesh("routes.yaml"), &[("routes.yaml", &routes("v1", "/special"))]);
     m.wait_ready();
     let admin = m.admin.to_string();
     let dir = m.dir.path();

@@ -8,25 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const MESH: &str = r#"
-namespace: default
-config: [gateway.yaml]
-gateways:
-  istio-ingressgateway:
-    labels: {istio: ingressgateway}
-    ports: {80: 0}
-services:
-  backend:
-    ports: [{name: http, port: 8000}]
-    workloads:
-      - labels: {version: v1}
-        command: ["{httpbin}"]
-        readiness: {http: /health}
-      - labels: {version: v2}
-        command: ["{httpbin}"]
-        readiness: {http: /health}
-"#;
-
 const GATEWAY: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -46,7 +27,7 @@ spec:
 "#;
 
 fn mesh() -> Mesh {
-    let m = Mesh::start(MESH, &[("gateway.yaml", GATEWAY)]);
+    let m = Mesh::start(&backend_mesh("gateway.yaml"), &[("gateway.yaml", GATEWAY)]);
     m.wait_ready();
     m
 }

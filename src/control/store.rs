@@ -40,6 +40,17 @@ pub enum Action {
     Deleted,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Change {
     #[serde(flatten)]
@@ -50,11 +61,7 @@ pub struct Change {
 impl Change {
     /// `virtualservice.networking.istio.io/reviews configured`
     pub fn line(&self) -> String {
-        format!(
-            "{} {}",
-            self.key,
-            serde_json::to_value(self.action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-        )
+        format!("{} {}", self.key, self.action.as_str())
     }
 }
 

@@ -512,34 +512,27 @@ impl Forwarder {
         event.route_name = Some(Arc::from("mirror"));
         event.attempts = 1;
         let version = if cluster.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
-        let tls = self.tls.clone();
-        let snapshot_authority = shadow.clone();
-        let resolved = match &cluster.endpoints[ei].address {
-            Address::Socket(a) => Some(*a),
-            _ => None,
-        };
-        let mtls = match (&cluster.transport, &cluster.endpoints[ei].instance) {
-            (Transport::IstioMutual, Some(i)) => Some((tls, i.identity.clone())),
-            _ => None,
-        };
-        let dns = match &cluster.endpoints[ei].address {
-            Address::Dns(h, port) => Some((h.clone(), *port)),
+        let endpoint = &cluster.endpoints[ei];
+        let address = endpoint.address.clone();
+        let mtls = match (&cluster.transport, &endpoint.instance) {
+            (Transport::IstioMutual, Some(i)) => Some((self.tls.clone(), i.identity.clone())),
             _ => None,
         };
         tokio::spawn(async move {
             let start = Instant::now();
-            let addr = match (resolved, dns) {
-                (Some(a), _) => a,
-                (None, Some((h, port))) => match resolve::host(&h, port).await {
+            let addr = match address {
+                Address::Socket(a) => a,
+                Address::Dns(h, port) => match resolve::host(&h, port).await {
                     Ok(a) => a,
                     Err(_) => return,
                 },
-                (None, None) => return,
+                // A mirror to a host outside the registry has nowhere to go.
+                Address::OriginalDestination => return,
             };
             event.upstream_host = Some(addr);
             event.mtls = mtls.is_some();
             let target = Target { addr, version, mtls };
-            let req = headers::to_upstream(Request::from_parts(p, body), version, &snapshot_authority, "http");
+            let req = headers::to_upstream(Request::from_parts(p, body), version, &shadow, "http");
             let result = tokio::time::timeout(Duration::from_secs(30), pools.send(&target, req)).await;
             let status = match result {
                 Ok(Ok(resp)) => {

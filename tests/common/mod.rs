@@ -380,6 +380,16 @@ where
     Resp { status, headers, body, version }
 }
 
+/// A mesh of `backend` v1 and v2 (httpbin) behind a gateway on a free port, loading `config`.
+pub fn backend_mesh(config: &str) -> String {
+    format!(
+        "namespace: default\nconfig: [{config}]\ngateways:\n  istio-ingressgateway:\n    labels: {{istio: ingressgateway}}\n    ports: {{80: 0}}\n\
+         services:\n  backend:\n    ports: [{{name: http, port: 8000}}]\n    workloads:\n\
+         \x20     - {{labels: {{version: v1}}, command: [\"{{httpbin}}\"], readiness: {{http: /health}}}}\n\
+         \x20     - {{labels: {{version: v2}}, command: [\"{{httpbin}}\"], readiness: {{http: /health}}}}\n"
+    )
+}
+
 /// The requests an httpbin app served (`GET /log`, straight to the app).
 pub fn app_log(app: SocketAddr) -> Vec<serde_json::Value> {
     http(app, Req::get("/log")).json().as_array().cloned().unwrap_or_default()
