@@ -324,9 +324,15 @@ fn per_sidecar_rss(devmesh: &Path, tmp: &Path) -> Option<f64> {
 }
 
 /// Time from `devmesh up` to the first 200 on `path` through the gateway, and idle RSS.
-fn startup(devmesh: &Path, mesh_dir: &Path, path: &str, tmp: &Path) -> Option<(f64, u64)> {
-    let original = std::fs::read_to_string(mesh_dir.join("devmesh.yaml")).ok()?;
+/// The mesh file's commands name release binaries; they are pointed at `bin_dir` so the run
+/// measures the build under test (a debug build in CI, where no release build exists).
+fn startup(devmesh: &Path, bin_dir: &Path, mesh_dir: &Path, path: &str, tmp: &Path) -> Option<(f64, u64)> {
+    let original = std::fs::read_to_string(mesh_dir.join("devmesh.yaml"))
+        .ok()?
+        .replace("../../target/release/", &format!("{}/", bin_dir.display()))
+        .replace("../target/release/", &format!("{}/", bin_dir.display()));
     if original.lines().any(|l| l.starts_with("gateways:")) {
+        eprintln!("startup of {}: the mesh file already declares gateways", mesh_dir.display());
         return None;
     }
     let bench_mesh = mesh_dir.join(".bench-devmesh.yaml");
@@ -345,6 +351,7 @@ fn startup(devmesh: &Path, mesh_dir: &Path, path: &str, tmp: &Path) -> Option<(f
         while get_status(gw, path) != 200 {
             if Instant::now() > deadline {
                 let _ = std::fs::remove_file(&bench_mesh);
+                eprintln!("startup of {}: no 200 on {path} within 30 s", mesh_dir.display());
                 return None;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -648,10 +655,10 @@ fn main() {
     drop(dm);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let demo = startup(&devmesh, &root.join("examples/demo"), "/get", &tmp);
+    let demo = startup(&devmesh, &o.bin_dir, &root.join("examples/demo"), "/get", &tmp);
     let sidecar_rss = per_sidecar_rss(&devmesh, &tmp);
     let bookinfo = if o.bin_dir.join("bookinfo").exists() && !o.smoke {
-        startup(&devmesh, &root.join("bookinfo"), "/productpage", &tmp)
+        startup(&devmesh, &o.bin_dir, &root.join("bookinfo"), "/productpage", &tmp)
     } else {
         None
     };
