@@ -15,6 +15,8 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// A response read by the in-task HTTP/1.1 client.
+    H1(super::h1::H1Body),
 }
 
 impl Body {
@@ -33,6 +35,7 @@ impl HttpBody for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
+            Body::H1(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -41,6 +44,7 @@ impl HttpBody for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) => i.is_end_stream(),
+            Body::H1(b) => b.is_end_stream(),
         }
     }
 
@@ -49,6 +53,7 @@ impl HttpBody for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(i) => i.size_hint(),
+            Body::H1(b) => b.size_hint(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod h1;
 pub mod headers;
 pub mod inbound;
 pub mod listen;

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
+use super::h1;
 use crate::identity::tls::{Alpn, WorkloadTls, endpoint_server_name, spiffe_of};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +85,8 @@ struct Idle {
 struct Pool {
     target: Target,
     idle: Mutex<Vec<Idle>>,
+    /// Connections of the in-task HTTP/1.1 client (`h1.rs`).
+    fast: Arc<h1::Idle>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -114,6 +117,7 @@ impl Pools {
                 Arc::new(Pool {
                     target: target.clone(),
                     idle: Mutex::new(Vec::new()),
+                    fast: Arc::default(),
                     h2: tokio::sync::Mutex::new(None),
                 })
             })
@@ -126,6 +130,12 @@ impl Pools {
     pub async fn send(&self, target: &Target, req: Request<Body>) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = self.pool(target);
         match target.version {
+            Version::H1 if h1::eligible_request(&req) => {
+                let (parts, body) = req.into_parts();
+                let mtls = pool.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
+                let addr = pool.target.addr;
+                h1::send(&pool.fast, IDLE_TIMEOUT, parts, body, || connect(addr, mtls, Alpn::Http1)).await
+            }
             Version::H1 => pool.send_h1(req).await,
             Version::H2 => pool.send_h2(req).await,
         }

@@ -1,0 +1,843 @@
+//! An HTTP/1.1 client exchange that runs inside the calling task, as Pingora does: the request
+//! is encoded into the connection's own buffer and written at once, the response head is parsed
+//! in place (httparse) and the body is decoded from the socket as the downstream connection
+//! polls it. No dispatcher task, no channel between tasks, no allocation per request once the
+//! connection is pooled. It carries requests whose body is already complete (empty or
+//! buffered for retries), which is what nearly all proxied requests are; streamed uploads,
+//! upgrades and CONNECT keep using hyper's client (`pool.rs`).
+//!
+//! Framing follows RFC 9112: no body for HEAD, 1xx, 204 and 304; chunked when
+//! `transfer-encoding` ends in `chunked`; `content-length` otherwise; else until close.
+//! Interim 1xx responses are skipped (the request body was sent whole, so `100 Continue`
+//! means nothing to the client, and `expect` is not forwarded, as Envoy does by default).
+//! Chunked trailers are read and dropped.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode, Version as HttpVersion};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+
+use super::body::{Body, BoxError, ProxyBody};
+use super::error::ProxyError;
+use super::pool::Stream;
+
+/// The largest response head accepted (Envoy's default header limit is 60 KiB).
+const MAX_HEAD: usize = 60 * 1024;
+/// Headers parsed per response head before it is refused.
+const MAX_HEADERS: usize = 100;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 256;
+
+/// One upstream HTTP/1.1 connection with its buffers.
+pub struct Conn {
+    io: Stream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Box<Conn> {
+        Box::new(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) })
+    }
+
+    /// Whether an idle connection can take a request: nothing to read and not closed. A
+    /// peer that closed (EOF), reset, or sent bytes nobody asked for makes it unusable.
+    fn usable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        self.read.reserve(1);
+        matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending)
+    }
+
+    /// Writes the encoded request and reads until a final (non-1xx) response head is parsed.
+    async fn exchange(&mut self, head_request: bool) -> Result<Head, Failure> {
+        let written = async {
+            self.io.write_all(&self.write).await?;
+            self.io.flush().await
+        };
+        if let Err(e) = written.await {
+            return Err(Failure { error: reset(&e), nothing_received: true });
+        }
+        let mut interim = false;
+        loop {
+            if !self.read.is_empty() {
+                match parse_head(&mut self.read, head_request) {
+                    Ok(Some(head)) if head.status.is_informational() => {
+                        interim = true;
+                        continue;
+                    }
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) if self.read.len() < MAX_HEAD => {}
+                    Ok(None) => return Err(protocol("response headers too large")),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.read.reserve(READ_CHUNK);
+            match self.io.read_buf(&mut self.read).await {
+                Ok(0) => {
+                    return Err(Failure {
+                        error: ProxyError::UpstreamReset("connection termination".into()),
+                        nothing_received: self.read.is_empty() && !interim,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failure { error: reset(&e), nothing_received: self.read.is_empty() && !interim }),
+            }
+        }
+    }
+}
+
+/// Why an exchange failed, and whether the request may be sent again on another connection
+/// (nothing came back on a pooled connection the peer had just closed).
+struct Failure {
+    error: ProxyError,
+    nothing_received: bool,
+}
+
+fn reset(e: &io::Error) -> ProxyError {
+    ProxyError::UpstreamReset(match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "connection reset".into(),
+        _ => e.to_string(),
+    })
+}
+
+fn protocol(what: &str) -> Failure {
+    Failure { error: ProxyError::UpstreamReset(format!("protocol error: {what}")), nothing_received: false }
+}
+
+/// Whether the request can go through this codec: its body is already complete, and it is
+/// not an upgrade or a CONNECT.
+pub fn eligible_request(req: &http::Request<Body>) -> bool {
+    let (method, headers, body) = (req.method(), req.headers(), req.body());
+    let complete = match body {
+        Body::Empty | Body::Full(_) => true,
+        Body::Incoming(i) => http_body::Body::is_end_stream(i),
+        Body::H1(_) => false,
+    };
+    complete && method != Method::CONNECT && !super::headers::is_upgrade(headers)
+}
+
+/// Encodes the request head (origin form, HTTP/1.1) and body into `dst`.
+fn encode(parts: &Parts, body: &[u8], dst: &mut Vec<u8>) {
+    dst.clear();
+    dst.extend_from_slice(parts.method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING || name == header::EXPECT {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    let bodiless_method = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
+    if !body.is_empty() || had_length || !bodiless_method {
+        dst.extend_from_slice(b"content-length: ");
+        dst.extend_from_slice(itoa(body.len() as u64, &mut [0; 20]));
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+    dst.extend_from_slice(body);
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// How the response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: HttpVersion,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Parses a response head from the front of `buf`, consuming it. `None`: incomplete.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Failure> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(protocol("too many response headers")),
+        Err(e) => return Err(protocol(&e.to_string())),
+    };
+    let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| protocol("bad status"))?;
+    let version = if resp.version == Some(0) { HttpVersion::HTTP_10 } else { HttpVersion::HTTP_11 };
+    // Header positions inside `buf`, so the values can share one frozen copy of the head.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let n = h.name.as_ptr() as usize - base;
+        let v = h.value.as_ptr() as usize - base;
+        *span = (n, n + h.name.len(), v, v + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = None;
+    let mut chunked = false;
+    let mut keep_alive = version == HttpVersion::HTTP_11;
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| protocol("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| protocol("bad header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+            match (n, framing) {
+                (Some(n), None) => framing = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Err(protocol("bad content-length")),
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == HttpVersion::HTTP_10 {
+                    keep_alive = true;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::Length(0)
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // A transfer coding other than chunked last can only be delimited by closing.
+        if chunked { Framing::Chunked } else { Framing::UntilClose }
+    } else {
+        framing.map_or(Framing::UntilClose, Framing::Length)
+    };
+    if framing == Framing::UntilClose {
+        keep_alive = false;
+    }
+    Ok(Some(Head { status, version, headers, framing, keep_alive }))
+}
+
+/// The idle connections to one endpoint (most recently used last).
+#[derive(Default)]
+pub struct Idle {
+    conns: Mutex<Vec<(Box<Conn>, Instant)>>,
+}
+
+impl Idle {
+    fn take(&self, max_idle: std::time::Duration) -> Option<Box<Conn>> {
+        let mut conns = self.conns.lock().ok()?;
+        while let Some((mut c, since)) = conns.pop() {
+            if since.elapsed() < max_idle && c.usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: Box<Conn>) {
+        if let Ok(mut conns) = self.conns.lock()
+            && conns.len() < MAX_IDLE
+        {
+            conns.push((conn, Instant::now()));
+        }
+    }
+}
+
+/// Sends a request whose body is complete (see `eligible`) over a pooled connection of
+/// `idle`, connecting with `connect` when none is usable. A pooled connection that turns out
+/// to have been closed before anything came back is replaced, for idempotent methods (as
+/// browsers and Go's transport do), up to three times.
+pub async fn send<F, Fut>(
+    idle: &Arc<Idle>,
+    max_idle: std::time::Duration,
+    parts: Parts,
+    body: Body,
+    connect: F,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Stream, ProxyError>>,
+{
+    let data: Bytes = match body {
+        Body::Full(Some(b)) => b,
+        _ => Bytes::new(),
+    };
+    let head_request = parts.method == Method::HEAD;
+    let replayable = parts.method.is_idempotent();
+    for _ in 0..4 {
+        let (mut conn, pooled) = match idle.take(max_idle) {
+            Some(c) => (c, true),
+            // Boxed: connecting (TCP, TLS) is a large future, and rare on a warm pool.
+            None => (Conn::new(Box::pin(connect()).await?), false),
+        };
+        let mut write = std::mem::take(&mut conn.write);
+        encode(&parts, &data, &mut write);
+        conn.write = write;
+        match conn.exchange(head_request).await {
+            Ok(head) => {
+                let mut resp = Response::new(ProxyBody::empty());
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                let body = H1Body {
+                    conn: Some(conn),
+                    state: State::start(head.framing),
+                    keep_alive: head.keep_alive,
+                    idle: idle.clone(),
+                };
+                if body.state == State::Done {
+                    body.release();
+                } else {
+                    *resp.body_mut() = ProxyBody::new(Body::H1(body));
+                }
+                return Ok(resp);
+            }
+            Err(f) if pooled && replayable && f.nothing_received => continue,
+            Err(f) => return Err(f.error),
+        }
+    }
+    Err(ProxyError::UpstreamReset("connections closed before the request could be sent".into()))
+}
+
+/// Where the body decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Bytes left of a content-length body.
+    Length(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// Bytes left of the current chunk.
+    ChunkData(u64),
+    /// Expecting the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Reading (and dropping) trailer lines up to the empty one.
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+impl State {
+    fn start(f: Framing) -> State {
+        match f {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        }
+    }
+}
+
+/// A response body read straight from the upstream connection, which goes back to its pool
+/// when the body ends cleanly.
+pub struct H1Body {
+    conn: Option<Box<Conn>>,
+    state: State,
+    keep_alive: bool,
+    idle: Arc<Idle>,
+}
+
+fn body_error(what: &'static str) -> BoxError {
+    Box::new(io::Error::new(io::ErrorKind::UnexpectedEof, what))
+}
+
+/// Where the first CRLF of `buf` starts (the length of the line before it).
+fn line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+impl H1Body {
+    /// Returns the connection to the pool when the exchange left it clean.
+    fn release(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.read.is_empty()
+        {
+            self.idle.put(conn);
+        }
+    }
+}
+
+/// Decodes what is buffered; `Ok(None)` asks for more bytes (or, in `State::Done`, ends).
+fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<Bytes>>, BoxError> {
+    loop {
+        match *state {
+            State::Done => return Ok(None),
+            State::Length(left) | State::ChunkData(left) => {
+                if conn_read.is_empty() {
+                    return Ok(None);
+                }
+                let n = (left as usize).min(conn_read.len());
+                let data = conn_read.split_to(n).freeze();
+                let left = left - n as u64;
+                *state = match (*state, left) {
+                    (State::Length(_), 0) => State::Done,
+                    (State::Length(_), l) => State::Length(l),
+                    (_, 0) => State::ChunkEnd,
+                    (_, l) => State::ChunkData(l),
+                };
+                return Ok(Some(Frame::data(data)));
+            }
+            State::ChunkSize => {
+                let Some(end) = line(conn_read) else {
+                    return if conn_read.len() > 1024 { Err(body_error("bad chunk size line")) } else { Ok(None) };
+                };
+                let digits = conn_read[..end].split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.len() <= 15)
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| body_error("bad chunk size"))?;
+                let _ = conn_read.split_to(end + 2);
+                *state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+            }
+            State::ChunkEnd => {
+                if conn_read.len() < 2 {
+                    return Ok(None);
+                }
+                if &conn_read[..2] != b"\r\n" {
+                    return Err(body_error("chunk not followed by CRLF"));
+                }
+                let _ = conn_read.split_to(2);
+                *state = State::ChunkSize;
+            }
+            State::Trailers => {
+                let Some(end) = line(conn_read) else {
+                    return if conn_read.len() > MAX_HEAD { Err(body_error("trailers too large")) } else { Ok(None) };
+                };
+                let _ = conn_read.split_to(end + 2);
+                if end == 0 {
+                    *state = State::Done;
+                }
+            }
+            State::UntilClose => {
+                if conn_read.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(Frame::data(conn_read.split().freeze())));
+            }
+        }
+    }
+}
+
+impl http_body::Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match decode(&mut this.state, &mut conn.read) {
+                Err(e) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Some(frame)) => {
+                    if this.state == State::Done {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.state == State::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let want = match this.state {
+                State::Length(n) | State::ChunkData(n) => (n as usize).clamp(64, READ_CHUNK),
+                _ => READ_CHUNK,
+            };
+            conn.read.reserve(want);
+            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(body_error("upstream closed the connection mid-body"))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A raw upstream: for each request it reads the head (and a content-length body), keeps
+    /// the bytes, and writes the next scripted answer in pieces (so the client sees split
+    /// reads). An answer ending in `CLOSE` closes the connection after it.
+    struct Raw {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn raw(answers: Vec<&'static [u8]>) -> Raw {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (acc, reqs) = (accepted.clone(), requests.clone());
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                let (reqs, answers) = (reqs.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(req) = read_request(&mut s, &mut buf).await else { return };
+                        reqs.lock().unwrap().push(req);
+                        let Some(answer) = answers.lock().unwrap().next() else { return };
+                        let (answer, close) = match answer.strip_suffix(b"CLOSE") {
+                            Some(a) => (a, true),
+                            None => (answer, false),
+                        };
+                        for piece in answer.chunks(7) {
+                            if s.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Raw { addr, accepted, requests }
+    }
+
+    async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + len {
+                    let all = String::from_utf8_lossy(&buf[..end + 4 + len]).to_string();
+                    buf.drain(..end + 4 + len);
+                    return Some(all);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::io::AsyncReadExt::read(s, &mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn request(method: Method, path: &str, body: Body) -> (Parts, Body) {
+        let (mut parts, ()) = http::Request::builder().method(method).uri(path).body(()).unwrap().into_parts();
+        parts.headers.insert(header::HOST, HeaderValue::from_static("upstream"));
+        (parts, body)
+    }
+
+    async fn call(
+        idle: &Arc<Idle>,
+        addr: SocketAddr,
+        method: Method,
+        body: Body,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
+        let (parts, body) = request(method, "/x?y=1", body);
+        let resp = send(idle, Duration::from_secs(60), parts, body, || async move {
+            Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
+        })
+        .await?;
+        let (p, b) = resp.into_parts();
+        let bytes = b.collect().await.map_err(|e| ProxyError::UpstreamReset(e.to_string()))?.to_bytes();
+        Ok((p.status, p.headers, bytes))
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_arrive_whole_and_the_connection_is_reused() {
+        let up = raw(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nx-a: 1\r\n\r\nhello world",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        let (status, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
+        assert_eq!(headers["x-a"], "1");
+        let (status, _, body) = call(&idle, up.addr, Method::POST, Body::full("payload")).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"ok"[..]));
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "keep-alive: one connection for both");
+        let reqs = up.requests.lock().unwrap().clone();
+        // GET without a body carries no content-length; POST carries its length; Host kept.
+        assert_eq!(reqs[0], "GET /x?y=1 HTTP/1.1\r\nhost: upstream\r\n\r\n");
+        assert_eq!(reqs[1], "POST /x?y=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 7\r\n\r\npayload");
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
+        let up = raw(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        let (_, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert_eq!(&body[..], b"hello world");
+        assert_eq!(headers["transfer-encoding"], "chunked", "the forwarder strips hop-by-hop headers, not the codec");
+        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert!(body.is_empty());
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "a cleanly ended chunked body keeps the connection");
+    }
+
+    #[tokio::test]
+    async fn bodiless_answers_interim_responses_and_head() {
+        let up = raw(vec![
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        let (status, _, body) = call(&idle, up.addr, Method::DELETE, Body::Empty).await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+        // HEAD: the content-length describes a body that is not sent.
+        let (status, headers, body) = call(&idle, up.addr, Method::HEAD, Body::Empty).await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, 0));
+        assert_eq!(headers["content-length"], "1000");
+        let mut parts_expect = request(Method::PUT, "/", Body::full("abc"));
+        parts_expect.0.headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let addr = up.addr;
+        let resp = send(&idle, Duration::from_secs(60), parts_expect.0, parts_expect.1, || async move {
+            Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "the 100 Continue was skipped");
+        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"yes");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+        let put = up.requests.lock().unwrap()[2].clone();
+        assert!(!put.contains("expect"), "expect is not forwarded: {put}");
+    }
+
+    #[tokio::test]
+    async fn a_body_delimited_by_close_ends_at_eof_and_is_not_reused() {
+        let up =
+            raw(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the endCLOSE", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])
+                .await;
+        let idle = Arc::new(Idle::default());
+        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert_eq!(&body[..], b"until the end");
+        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_a_peer_that_closed_while_idle_get_a_new_connection() {
+        let up = raw(vec![
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\naCLOSE",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nbCLOSE",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        for expect in [b"a", b"b", b"c"] {
+            let (_, _, body) = call(&idle, up.addr, Method::POST, Body::full("x")).await.unwrap();
+            assert_eq!(&body[..], expect);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 3, "a pooled connection the peer closed is not used");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_unanswered_replays_idempotent_requests_only() {
+        // The peer reads the second request on the kept-alive connection and closes without
+        // answering (the keep-alive race): a GET goes again on a new connection, a POST fails.
+        let up = raw(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+            b"CLOSE",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+            b"CLOSE",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        assert_eq!(&call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"a");
+        assert_eq!(&call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"b");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        match call(&idle, up.addr, Method::POST, Body::full("once")).await {
+            Err(e) => assert_eq!(e.flag().to_string(), "UC"),
+            Ok(r) => panic!("a POST was replayed: {:?}", r.0),
+        }
+        assert_eq!(up.requests.lock().unwrap().iter().filter(|r| r.starts_with("POST")).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_upstream_resets() {
+        let up = raw(vec![
+            b"HTTP/1.1 2xx nope\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshortCLOSE",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nCLOSE",
+        ])
+        .await;
+        let idle = Arc::new(Idle::default());
+        for _ in 0..2 {
+            match call(&idle, up.addr, Method::GET, Body::Empty).await {
+                Err(e) => {
+                    assert_eq!(e.flag().to_string(), "UC");
+                    assert!(e.to_string().contains("protocol error"), "{e}");
+                }
+                Ok(r) => panic!("accepted a broken head: {:?}", r.0),
+            }
+        }
+        for _ in 0..2 {
+            let (parts, body) = request(Method::GET, "/", Body::Empty);
+            let addr = up.addr;
+            let resp = send(&idle, Duration::from_secs(60), parts, body, || async move {
+                Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
+            })
+            .await
+            .unwrap();
+            assert!(resp.into_body().collect().await.is_err(), "a truncated or malformed body is an error");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_failure_from_the_connector() {
+        let idle = Arc::new(Idle::default());
+        let (parts, body) = request(Method::GET, "/", Body::Empty);
+        let r = send(&idle, Duration::from_secs(60), parts, body, || async {
+            Err(ProxyError::ConnectFailed("delayed connect error: 111".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(ProxyError::ConnectFailed(_))));
+    }
+
+    #[test]
+    fn numbers_print_in_decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567890, &mut [0; 20]), b"1234567890");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}
