@@ -141,7 +141,7 @@ async fn fetch(url: &str) -> Result<Value, String> {
 /// Requests served, for tests that count attempts at the upstream (bounded).
 static LOG: Mutex<Vec<Value>> = Mutex::new(Vec::new());
 
-fn log(req: &http::request::Parts) {
+fn log(req: &http::request::Parts, body: &[u8]) {
     let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let entry = json!({
         "method": req.method.as_str(),
@@ -149,6 +149,7 @@ fn log(req: &http::request::Parts) {
         "host": header("host").or_else(|| req.uri.authority().map(|a| a.to_string())),
         "attempt": header("x-envoy-attempt-count"),
         "request_id": header("x-request-id"),
+        "body": String::from_utf8_lossy(&body[..body.len().min(1024)]),
     });
     if let Ok(mut l) = LOG.lock()
         && l.len() < 100_000
@@ -207,13 +208,14 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Any
         return Ok(r);
     }
     let (req, body) = req.into_parts();
-    if !matches!(req.uri.path(), "/log" | "/health") {
-        log(&req);
-    }
     if req.uri.path() == "/stream" {
+        log(&req, b"");
         return Ok(stream(&req));
     }
     let body = http_body_util::Limited::new(body, 8 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if !matches!(req.uri.path(), "/log" | "/health") {
+        log(&req, &body);
+    }
     let path = req.uri.path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match segments.as_slice() {

@@ -67,6 +67,13 @@ fn retries_are_counted_at_the_upstream() {
     assert_eq!(attempts(v1, "/status/503"), ["1", "2", "3", "4"]);
     m.wait_access(&["/status/503", " 503 URX "]);
 
+    // A request body is buffered and sent whole with every attempt.
+    let r = http(m.gateway(), Req::post("/status/503").host("backend.test").with_body("the same body"));
+    assert_eq!(r.status, 503);
+    let posts: Vec<serde_json::Value> = app_log(v1).into_iter().filter(|e| e["method"] == "POST").collect();
+    assert_eq!(posts.len(), 4, "{posts:?}");
+    assert!(posts.iter().all(|e| e["body"] == "the same body"), "{posts:?}");
+
     // `retryOn: gateway-error` does not retry a 500.
     clear_app_log(v1);
     m.apply(&vs(

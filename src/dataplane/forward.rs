@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
+use super::h1;
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO};
 use super::pool::{Pools, Target, Version};
 use super::resolve;
@@ -84,6 +85,14 @@ enum Replay {
 impl Replay {
     fn replayable(&self) -> bool {
         !matches!(self, Replay::Stream(_))
+    }
+
+    /// The body as bytes, for a replayable one.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Replay::Buffered(b) => b,
+            _ => &[],
+        }
     }
 
     fn body(&mut self) -> Body {
@@ -338,6 +347,11 @@ impl Forwarder {
         let deadline = fwd.timeout.map(|t| Instant::now() + t);
         let mut tried = [usize::MAX; 8];
         let mut attempt: u32 = 0;
+        headers::to_upstream_parts(&mut parts, version, &authority, "http");
+        // A complete body over HTTP/1.1 goes through the in-task client, which borrows the
+        // head: no copy per attempt.
+        let complete =
+            version == Version::H1 && replay.replayable() && h1::eligible_head(&parts.method, &parts.headers);
         let mut parts = Some(parts);
         loop {
             attempt += 1;
@@ -352,12 +366,9 @@ impl Forwarder {
             let ep = &cluster.endpoints[ei];
             event.destination_workload = ep.instance.as_ref().map(|i| i.workload.clone());
             let last = attempt >= max_attempts;
-            let mut p = match (last, parts.as_ref()) {
-                (true, _) => parts.take().ok_or(ProxyError::BadRequest("request already sent"))?,
-                (false, Some(p)) => clone_parts(p),
-                (false, None) => return Err(ProxyError::BadRequest("request already sent")),
-            };
-            p.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
+            if let Some(p) = parts.as_mut() {
+                p.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
+            }
             let target = match self.target(cluster, ep, version, &authority, routing.snapshot).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -373,7 +384,6 @@ impl Forwarder {
             };
             event.upstream_host = Some(target.addr);
             event.mtls = target.mtls.is_some();
-            let req = headers::to_upstream(Request::from_parts(p, replay.body()), version, &authority, "http");
             let active = matches!(cluster.lb, Lb::LeastRequest).then(|| Active::start(cluster, ei));
 
             let now = Instant::now();
@@ -384,9 +394,21 @@ impl Forwarder {
             };
             let per_try_binding = retry.per_try_timeout.is_some_and(|pt| remaining.is_none_or(|r| pt < r));
             let pools = self.pools.get();
+            let send = async {
+                if complete {
+                    let p = parts.as_ref().ok_or(ProxyError::BadRequest("request already sent"))?;
+                    return pools.send_complete(&target, p, replay.bytes()).await;
+                }
+                let p = match (last, parts.as_ref()) {
+                    (true, _) => parts.take().ok_or(ProxyError::BadRequest("request already sent"))?,
+                    (false, Some(p)) => clone_parts(p),
+                    (false, None) => return Err(ProxyError::BadRequest("request already sent")),
+                };
+                pools.send(&target, Request::from_parts(p, replay.body())).await
+            };
             let outcome = match limit {
-                None => pools.send(&target, req).await.map_err(Some),
-                Some(l) => match tokio::time::timeout(l, pools.send(&target, req)).await {
+                None => send.await.map_err(Some),
+                Some(l) => match tokio::time::timeout(l, send).await {
                     Ok(r) => r.map_err(Some),
                     Err(_) => Err(None),
                 },

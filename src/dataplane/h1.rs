@@ -121,13 +121,17 @@ fn protocol(what: &str) -> Failure {
 /// Whether the request can go through this codec: its body is already complete, and it is
 /// not an upgrade or a CONNECT.
 pub fn eligible_request(req: &http::Request<Body>) -> bool {
-    let (method, headers, body) = (req.method(), req.headers(), req.body());
-    let complete = match body {
+    let complete = match req.body() {
         Body::Empty | Body::Full(_) => true,
         Body::Incoming(i) => http_body::Body::is_end_stream(i),
         Body::H1(_) => false,
     };
-    complete && method != Method::CONNECT && !super::headers::is_upgrade(headers)
+    complete && eligible_head(req.method(), req.headers())
+}
+
+/// Whether a request head can go through this codec (given a complete body).
+pub fn eligible_head(method: &Method, headers: &HeaderMap) -> bool {
+    method != Method::CONNECT && !super::headers::is_upgrade(headers)
 }
 
 /// Encodes the request head (origin form, HTTP/1.1) and body into `dst`.
@@ -157,23 +161,11 @@ fn encode(parts: &Parts, body: &[u8], dst: &mut Vec<u8>) {
     );
     if !body.is_empty() || had_length || !bodiless_method {
         dst.extend_from_slice(b"content-length: ");
-        dst.extend_from_slice(itoa(body.len() as u64, &mut [0; 20]));
+        dst.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
     dst.extend_from_slice(body);
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// How the response body is delimited.
@@ -253,6 +245,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     let framing = if bodiless {
         Framing::Length(0)
     } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length, which a proxy must then drop (RFC 9112 §6.3).
+        headers.remove(header::CONTENT_LENGTH);
         // A transfer coding other than chunked last can only be delimited by closing.
         if chunked { Framing::Chunked } else { Framing::UntilClose }
     } else {
@@ -297,18 +291,14 @@ impl Idle {
 pub async fn send<F, Fut>(
     idle: &Arc<Idle>,
     max_idle: std::time::Duration,
-    parts: Parts,
-    body: Body,
+    parts: &Parts,
+    data: &[u8],
     connect: F,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Stream, ProxyError>>,
 {
-    let data: Bytes = match body {
-        Body::Full(Some(b)) => b,
-        _ => Bytes::new(),
-    };
     let head_request = parts.method == Method::HEAD;
     let replayable = parts.method.is_idempotent();
     for _ in 0..4 {
@@ -318,7 +308,7 @@ where
             None => (Conn::new(Box::pin(connect()).await?), false),
         };
         let mut write = std::mem::take(&mut conn.write);
-        encode(&parts, &data, &mut write);
+        encode(parts, data, &mut write);
         conn.write = write;
         match conn.exchange(head_request).await {
             Ok(head) => {
@@ -658,6 +648,17 @@ mod tests {
         (parts, body)
     }
 
+    fn body_bytes(b: &Body) -> &[u8] {
+        match b {
+            Body::Full(Some(b)) => b,
+            _ => &[],
+        }
+    }
+
+    async fn dial(addr: SocketAddr) -> Result<Stream, ProxyError> {
+        Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
+    }
+
     async fn call(
         idle: &Arc<Idle>,
         addr: SocketAddr,
@@ -665,10 +666,7 @@ mod tests {
         body: Body,
     ) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
         let (parts, body) = request(method, "/x?y=1", body);
-        let resp = send(idle, Duration::from_secs(60), parts, body, || async move {
-            Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
-        })
-        .await?;
+        let resp = send(idle, Duration::from_secs(60), &parts, body_bytes(&body), || dial(addr)).await?;
         let (p, b) = resp.into_parts();
         let bytes = b.collect().await.map_err(|e| ProxyError::UpstreamReset(e.to_string()))?.to_bytes();
         Ok((p.status, p.headers, bytes))
@@ -698,15 +696,16 @@ mod tests {
     async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
         let up = raw(vec![
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ncontent-length: 99\r\n\r\n0\r\n\r\n",
         ])
         .await;
         let idle = Arc::new(Idle::default());
         let (_, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!(&body[..], b"hello world");
         assert_eq!(headers["transfer-encoding"], "chunked", "the forwarder strips hop-by-hop headers, not the codec");
-        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let (_, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert!(body.is_empty());
+        assert!(!headers.contains_key("content-length"), "chunked wins over a content-length, which goes");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "a cleanly ended chunked body keeps the connection");
     }
 
@@ -728,11 +727,9 @@ mod tests {
         let mut parts_expect = request(Method::PUT, "/", Body::full("abc"));
         parts_expect.0.headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         let addr = up.addr;
-        let resp = send(&idle, Duration::from_secs(60), parts_expect.0, parts_expect.1, || async move {
-            Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
-        })
-        .await
-        .unwrap();
+        let resp = send(&idle, Duration::from_secs(60), &parts_expect.0, body_bytes(&parts_expect.1), || dial(addr))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "the 100 Continue was skipped");
         assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"yes");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
@@ -814,11 +811,7 @@ mod tests {
         for _ in 0..2 {
             let (parts, body) = request(Method::GET, "/", Body::Empty);
             let addr = up.addr;
-            let resp = send(&idle, Duration::from_secs(60), parts, body, || async move {
-                Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
-            })
-            .await
-            .unwrap();
+            let resp = send(&idle, Duration::from_secs(60), &parts, body_bytes(&body), || dial(addr)).await.unwrap();
             assert!(resp.into_body().collect().await.is_err(), "a truncated or malformed body is an error");
         }
     }
@@ -827,17 +820,10 @@ mod tests {
     async fn a_closed_port_is_a_connect_failure_from_the_connector() {
         let idle = Arc::new(Idle::default());
         let (parts, body) = request(Method::GET, "/", Body::Empty);
-        let r = send(&idle, Duration::from_secs(60), parts, body, || async {
+        let r = send(&idle, Duration::from_secs(60), &parts, body_bytes(&body), || async {
             Err(ProxyError::ConnectFailed("delayed connect error: 111".into()))
         })
         .await;
         assert!(matches!(r, Err(ProxyError::ConnectFailed(_))));
-    }
-
-    #[test]
-    fn numbers_print_in_decimal() {
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(1234567890, &mut [0; 20]), b"1234567890");
-        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
 }

@@ -139,13 +139,19 @@ pub fn service_time(ms: u64) -> HeaderValue {
 /// re-parsed.
 pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme: &str) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    to_upstream_parts(&mut parts, version, authority, scheme);
+    Request::from_parts(parts, body)
+}
+
+/// `to_upstream` on the request head alone.
+pub fn to_upstream_parts(parts: &mut http::request::Parts, version: Version, authority: &str, scheme: &str) {
+    let pq = |uri: &Uri| uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match version {
         Version::H1 => {
             parts.version = HttpVersion::HTTP_11;
             if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
                 let mut uri = http::uri::Parts::default();
-                uri.path_and_query = Some(pq);
+                uri.path_and_query = Some(pq(&parts.uri));
                 if let Ok(u) = Uri::from_parts(uri) {
                     parts.uri = u;
                 }
@@ -161,14 +167,13 @@ pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme
             let mut uri = http::uri::Parts::default();
             uri.scheme = scheme.parse().ok();
             uri.authority = authority.parse().ok();
-            uri.path_and_query = Some(pq);
+            uri.path_and_query = Some(pq(&parts.uri));
             if let Ok(u) = Uri::from_parts(uri) {
                 parts.uri = u;
                 parts.headers.remove(header::HOST);
             }
         }
     }
-    Request::from_parts(parts, body)
 }
 
 #[cfg(test)]

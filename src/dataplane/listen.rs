@@ -113,6 +113,7 @@ where
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().writev(false);
     match mode {
         HttpMode::Auto => {}
         HttpMode::Http1 => builder = builder.http1_only(),

@@ -124,6 +124,18 @@ impl Pools {
             .clone()
     }
 
+    /// Sends an HTTP/1.1 request head (origin form, see `headers::to_upstream_parts`) with the
+    /// complete body `data`, borrowing both: a request that may be retried is not copied.
+    /// The head must pass `h1::eligible_head`.
+    pub async fn send_complete(
+        &self,
+        target: &Target,
+        parts: &http::request::Parts,
+        data: &[u8],
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.pool(target).send_complete(parts, data).await
+    }
+
     /// Sends `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) and returns the
     /// response head; the body streams, and an HTTP/1.1 connection goes back to the pool
     /// when it ends.
@@ -132,9 +144,11 @@ impl Pools {
         match target.version {
             Version::H1 if h1::eligible_request(&req) => {
                 let (parts, body) = req.into_parts();
-                let mtls = pool.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
-                let addr = pool.target.addr;
-                h1::send(&pool.fast, IDLE_TIMEOUT, parts, body, || connect(addr, mtls, Alpn::Http1)).await
+                let data = match &body {
+                    Body::Full(Some(b)) => &b[..],
+                    _ => &[],
+                };
+                pool.send_complete(&parts, data).await
             }
             Version::H1 => pool.send_h1(req).await,
             Version::H2 => pool.send_h2(req).await,
@@ -143,6 +157,17 @@ impl Pools {
 }
 
 impl Pool {
+    /// An HTTP/1.1 request whose body is `data`, through the in-task client (`h1.rs`).
+    async fn send_complete(
+        &self,
+        parts: &http::request::Parts,
+        data: &[u8],
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
+        let addr = self.target.addr;
+        h1::send(&self.fast, IDLE_TIMEOUT, parts, data, || connect(addr, mtls, Alpn::Http1)).await
+    }
+
     fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(i) = idle.pop() {

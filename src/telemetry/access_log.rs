@@ -55,37 +55,50 @@ impl Clock {
     }
 }
 
-/// Appends one access log line for `e` to `out`.
+/// Appends one access log line for `e` to `out`. Written field by field (no `format!`
+/// machinery, no temporary strings): this runs once per request on the log thread.
 pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
     use std::fmt::Write;
-    let opt = |v: &Option<std::sync::Arc<str>>| v.as_deref().map_or("-", dash).to_string();
+    let mut num = itoa::Buffer::new();
     out.push('[');
     clock.stamp(e.ts, out);
-    let _ = writeln!(
-        out,
-        "] {} {} \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" {} {} {}",
-        e.proxy,
-        match e.reporter {
-            super::Reporter::Source => "outbound",
-            super::Reporter::Destination => "inbound",
-        },
-        e.method,
-        e.texts.path(),
-        e.protocol,
-        e.status,
-        e.response_flags,
-        e.bytes_received,
-        e.bytes_sent,
-        e.duration_ms,
-        e.upstream_service_time_ms.map_or("-".to_string(), |t| t.to_string()),
-        dash(e.texts.user_agent()),
-        dash(e.texts.request_id()),
-        dash(e.texts.authority()),
-        e.upstream_host.map_or("-".to_string(), |a| a.to_string()),
-        opt(&e.upstream_cluster),
-        opt(&e.route_name),
-        if e.mtls { "mtls" } else { "plaintext" },
-    );
+    out.push_str("] ");
+    out.push_str(&e.proxy);
+    out.push_str(match e.reporter {
+        super::Reporter::Source => " outbound \"",
+        super::Reporter::Destination => " inbound \"",
+    });
+    out.push_str(e.method.as_str());
+    out.push(' ');
+    out.push_str(e.texts.path());
+    out.push(' ');
+    out.push_str(e.protocol);
+    out.push_str("\" ");
+    out.push_str(num.format(e.status));
+    out.push(' ');
+    let _ = write!(out, "{}", e.response_flags);
+    for n in [Some(e.bytes_received), Some(e.bytes_sent), Some(e.duration_ms), e.upstream_service_time_ms] {
+        out.push(' ');
+        out.push_str(n.map_or("-", |n| num.format(n)));
+    }
+    for text in [e.texts.user_agent(), e.texts.request_id(), e.texts.authority()] {
+        out.push_str(" \"");
+        out.push_str(dash(text));
+        out.push('"');
+    }
+    out.push_str(" \"");
+    match e.upstream_host {
+        Some(a) => {
+            let _ = write!(out, "{a}");
+        }
+        None => out.push('-'),
+    }
+    out.push_str("\" ");
+    for v in [&e.upstream_cluster, &e.route_name] {
+        out.push_str(v.as_deref().map_or("-", dash));
+        out.push(' ');
+    }
+    out.push_str(if e.mtls { "mtls\n" } else { "plaintext\n" });
 }
 
 /// Writes events to `path` on a thread of its own until every sender is gone. It drains the
@@ -145,6 +158,67 @@ fn flush(file: &mut Option<std::io::BufWriter<std::fs::File>>, batch: &mut Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::flags::Flags;
+    use crate::telemetry::{Reporter, Texts};
+    use std::sync::Arc;
+
+    fn event() -> RequestEvent {
+        let h = |s: &'static str| http::HeaderValue::from_static(s);
+        RequestEvent {
+            ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_042),
+            reporter: Reporter::Source,
+            proxy: Arc::from("productpage-v1"),
+            source_workload: Arc::from("productpage-v1"),
+            source_principal: None,
+            destination_service: Arc::from("reviews.default.svc.cluster.local"),
+            destination_workload: Some(Arc::from("reviews-v2")),
+            upstream_cluster: Some(Arc::from("outbound|9080|v2|reviews.default.svc.cluster.local")),
+            upstream_host: Some("127.0.0.1:41234".parse().unwrap()),
+            route_name: None,
+            subset: Some(Arc::from("v2")),
+            method: http::Method::GET,
+            texts: Texts::new("/reviews/0", Some(&h("reviews:9080")), Some(&h("a1b2")), None),
+            protocol: "HTTP/1.1",
+            status: 200,
+            response_flags: Flags::default(),
+            duration_ms: 12,
+            upstream_service_time_ms: Some(11),
+            bytes_sent: 358,
+            bytes_received: 0,
+            attempts: 1,
+            mtls: true,
+        }
+    }
+
+    #[test]
+    fn lines_follow_istios_default_format() {
+        let mut out = String::new();
+        let mut clock = Clock::default();
+        let mut e = event();
+        format_into(&mut out, &e, &mut clock);
+        assert_eq!(
+            out,
+            "[2023-11-14T22:13:20.042Z] productpage-v1 outbound \"GET /reviews/0 HTTP/1.1\" 200 - 0 358 12 11 \"-\" \
+             \"a1b2\" \"reviews:9080\" \"127.0.0.1:41234\" outbound|9080|v2|reviews.default.svc.cluster.local - mtls\n"
+        );
+        out.clear();
+        e.reporter = Reporter::Destination;
+        e.response_flags.add(Flags::UH);
+        e.response_flags.add(Flags::URX);
+        e.upstream_service_time_ms = None;
+        e.upstream_host = None;
+        e.upstream_cluster = None;
+        e.route_name = Some(Arc::from("default"));
+        e.mtls = false;
+        e.status = 503;
+        e.bytes_received = 18_446_744_073_709_551_615;
+        format_into(&mut out, &e, &mut clock);
+        assert_eq!(
+            out,
+            "[2023-11-14T22:13:20.042Z] productpage-v1 inbound \"GET /reviews/0 HTTP/1.1\" 503 UH,URX \
+             18446744073709551615 358 12 - \"-\" \"a1b2\" \"reviews:9080\" \"-\" - default plaintext\n"
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
