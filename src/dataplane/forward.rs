@@ -121,12 +121,12 @@ impl Forwarder {
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let request_id = headers::ensure_request_id(&mut parts.headers);
+        headers::ensure_request_id(&mut parts.headers);
         if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut event = self.event(&parts, &path, routing.authority, &request_id, routing.service);
+        let mut event = self.event(&parts, &path, routing.authority, routing.service);
         let mut extra = Extra::default();
 
         let result = self.handle(&routing, parts, body, &path, &mut event, &mut extra).await;
@@ -522,13 +522,8 @@ impl Forwarder {
         let body = replay.body();
         let pools = self.pools.get().clone();
         let telemetry = self.telemetry.clone();
-        let mut event = self.event(
-            &p,
-            p.uri.path_and_query().unwrap_or(&PathAndQuery::from_static("/")),
-            &shadow,
-            &HeaderValue::from_static(""),
-            &cluster.host,
-        );
+        let mut event =
+            self.event(&p, p.uri.path_and_query().unwrap_or(&PathAndQuery::from_static("/")), &shadow, &cluster.host);
         event.upstream_cluster = Some(cluster.name.clone());
         event.subset = cluster.subset.clone();
         event.route_name = Some(Arc::from("mirror"));
@@ -582,14 +577,7 @@ impl Forwarder {
         });
     }
 
-    fn event(
-        &self,
-        parts: &Parts,
-        path: &PathAndQuery,
-        authority: &str,
-        request_id: &HeaderValue,
-        service: &str,
-    ) -> RequestEvent {
+    fn event(&self, parts: &Parts, path: &PathAndQuery, authority: &str, service: &str) -> RequestEvent {
         RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Source,
@@ -606,7 +594,7 @@ impl Forwarder {
             texts: Texts::new(
                 path.as_str(),
                 Some(&authority_value(parts, authority)),
-                Some(request_id),
+                parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),
             ),
             protocol: protocol_name(parts.version),

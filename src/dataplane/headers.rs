@@ -90,14 +90,11 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
-/// Returns the request id, adding one when absent.
-pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
-        return v.clone();
+/// Adds an `x-request-id` when the request has none (or an empty one).
+pub fn ensure_request_id(h: &mut HeaderMap) {
+    if h.get(&X_REQUEST_ID).is_none_or(|v| v.is_empty()) {
+        h.insert(X_REQUEST_ID.clone(), new_request_id());
     }
-    let id = new_request_id();
-    h.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 /// The authority a request is for, borrowed from the request (no copy).
@@ -215,10 +212,15 @@ mod tests {
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc".parse().unwrap());
-        assert_eq!(ensure_request_id(&mut h), "abc");
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], "abc");
         let mut empty = HeaderMap::new();
-        let generated = ensure_request_id(&mut empty);
-        assert_eq!(empty["x-request-id"], generated);
+        ensure_request_id(&mut empty);
+        assert_eq!(empty["x-request-id"].len(), 36);
+        let mut blank = HeaderMap::new();
+        blank.insert("x-request-id", "".parse().unwrap());
+        ensure_request_id(&mut blank);
+        assert_eq!(blank["x-request-id"].len(), 36);
     }
 
     #[test]

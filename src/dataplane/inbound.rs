@@ -167,7 +167,7 @@ impl Inbound {
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let request_id = headers::ensure_request_id(&mut parts.headers);
+        headers::ensure_request_id(&mut parts.headers);
         let authority: HeaderValue = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
             (_, Some(h)) => h.clone(),
             (Some(a), None) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
@@ -209,7 +209,7 @@ impl Inbound {
             texts: Texts::new(
                 parts.uri.path_and_query().map_or("/", |p| p.as_str()),
                 Some(&authority),
-                Some(&request_id),
+                parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),
             ),
             protocol: protocol_name(parts.version),
