@@ -36,6 +36,8 @@ const MAX_HEAD: usize = 60 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Interim (1xx) responses accepted before the final one.
+const MAX_INTERIM: usize = 16;
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
 
@@ -71,12 +73,16 @@ impl Conn {
         if let Err(e) = written.await {
             return Err(Failure { error: reset(&e), nothing_received: true });
         }
-        let mut interim = false;
+        let mut interim = 0;
         loop {
             if !self.read.is_empty() {
                 match parse_head(&mut self.read, head_request) {
+                    Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                        return Err(protocol("101 to a request that asked for no upgrade"));
+                    }
+                    Ok(Some(_)) if interim >= MAX_INTERIM => return Err(protocol("too many 1xx responses")),
                     Ok(Some(head)) if head.status.is_informational() => {
-                        interim = true;
+                        interim += 1;
                         continue;
                     }
                     Ok(Some(head)) => return Ok(head),
@@ -90,11 +96,13 @@ impl Conn {
                 Ok(0) => {
                     return Err(Failure {
                         error: ProxyError::UpstreamReset("connection termination".into()),
-                        nothing_received: self.read.is_empty() && !interim,
+                        nothing_received: self.read.is_empty() && interim == 0,
                     });
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Failure { error: reset(&e), nothing_received: self.read.is_empty() && !interim }),
+                Err(e) => {
+                    return Err(Failure { error: reset(&e), nothing_received: self.read.is_empty() && interim == 0 });
+                }
             }
         }
     }
@@ -794,12 +802,13 @@ mod tests {
         let up = raw(vec![
             b"HTTP/1.1 2xx nope\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshortCLOSE",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nCLOSE",
         ])
         .await;
         let idle = Arc::new(Idle::default());
-        for _ in 0..2 {
+        for _ in 0..3 {
             match call(&idle, up.addr, Method::GET, Body::Empty).await {
                 Err(e) => {
                     assert_eq!(e.flag().to_string(), "UC");
