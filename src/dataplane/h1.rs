@@ -195,24 +195,28 @@ struct Head {
 
 /// Parses a response head from the front of `buf`, consuming it. `None`: incomplete.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Failure> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(protocol("too many response headers")),
         Err(e) => return Err(protocol(&e.to_string())),
     };
+    if len > MAX_HEAD {
+        return Err(protocol("response headers too large"));
+    }
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| protocol("bad status"))?;
     let version = if resp.version == Some(0) { HttpVersion::HTTP_10 } else { HttpVersion::HTTP_11 };
     // Header positions inside `buf`, so the values can share one frozen copy of the head.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = resp.headers.len();
     for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let n = h.name.as_ptr() as usize - base;
-        let v = h.value.as_ptr() as usize - base;
-        *span = (n, n + h.name.len(), v, v + h.value.len());
+        // Offsets fit in u32: every header lies within the head, at most MAX_HEAD bytes.
+        let n = (h.name.as_ptr() as usize - base) as u32;
+        let v = (h.value.as_ptr() as usize - base) as u32;
+        *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
@@ -220,6 +224,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     let mut chunked = false;
     let mut keep_alive = version == HttpVersion::HTTP_11;
     for &(n0, n1, v0, v1) in &spans[..count] {
+        let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| protocol("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| protocol("bad header value"))?;
         if name == header::CONTENT_LENGTH {
@@ -611,7 +616,7 @@ mod tests {
                             Some(a) => (a, true),
                             None => (answer, false),
                         };
-                        for piece in answer.chunks(7) {
+                        for piece in answer.chunks((answer.len() / 40).max(7)) {
                             if s.write_all(piece).await.is_err() {
                                 return;
                             }
@@ -823,6 +828,23 @@ mod tests {
             let resp = send(&idle, Duration::from_secs(60), &parts, body_bytes(&body), || dial(addr)).await.unwrap();
             assert!(resp.into_body().collect().await.is_err(), "a truncated or malformed body is an error");
         }
+    }
+
+    #[tokio::test]
+    async fn response_heads_over_60_kib_are_refused() {
+        let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n", "a".repeat(61 * 1024));
+        let fits = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok", "a".repeat(59 * 1024));
+        let up =
+            raw(vec![Box::leak(big.into_bytes().into_boxed_slice()), Box::leak(fits.into_bytes().into_boxed_slice())])
+                .await;
+        let idle = Arc::new(Idle::default());
+        match call(&idle, up.addr, Method::GET, Body::Empty).await {
+            Err(e) => assert!(e.to_string().contains("response headers too large"), "{e}"),
+            Ok(r) => panic!("accepted a 61 KiB head: {:?}", r.0),
+        }
+        let (status, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        assert_eq!(headers["x-big"].len(), 59 * 1024);
     }
 
     #[tokio::test]

@@ -76,16 +76,18 @@ pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let hi = (fastrand::u64(..) & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let lo = (fastrand::u64(..) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let bits = (u128::from(hi) << 64) | u128::from(lo);
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, byte) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *byte = b'-';
-        } else {
-            *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-            nibble += 1;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_be_bytes());
+    bytes[8..].copy_from_slice(&lo.to_be_bytes());
+    let mut out = [b'-'; 36];
+    let mut j = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            j += 1;
         }
+        out[j] = HEX[usize::from(b >> 4)];
+        out[j + 1] = HEX[usize::from(b & 0xf)];
+        j += 2;
     }
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
@@ -208,6 +210,10 @@ mod tests {
         let id = new_request_id();
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
+        let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
+        assert!(s.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(new_request_id(), id);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
         let mut h = HeaderMap::new();
