@@ -593,7 +593,7 @@ impl Forwarder {
             method: parts.method.clone(),
             texts: Texts::new(
                 path.as_str(),
-                Some(&authority_value(parts, authority)),
+                authority,
                 parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),
             ),
@@ -686,13 +686,6 @@ fn grpc_abort(code: u32) -> Response<ProxyBody> {
 }
 
 /// The request's authority as a header value, shared with the request where possible.
-pub fn authority_value(parts: &Parts, authority: &str) -> HeaderValue {
-    match parts.headers.get(header::HOST) {
-        Some(h) if h.as_bytes() == authority.as_bytes() => h.clone(),
-        _ => HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("-")),
-    }
-}
-
 pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }

@@ -208,7 +208,7 @@ impl Inbound {
             method: parts.method.clone(),
             texts: Texts::new(
                 parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                Some(&authority),
+                authority.to_str().unwrap_or(""),
                 parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),
             ),

@@ -177,7 +177,7 @@ mod tests {
             route_name: None,
             subset: Some(Arc::from("v2")),
             method: http::Method::GET,
-            texts: Texts::new("/reviews/0", Some(&h("reviews:9080")), Some(&h("a1b2")), None),
+            texts: Texts::new("/reviews/0", "reviews:9080", Some(&h("a1b2")), None),
             protocol: "HTTP/1.1",
             status: 200,
             response_flags: Flags::default(),
