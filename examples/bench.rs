@@ -621,6 +621,12 @@ fn main() {
                     .collect(),
             )
         };
+        let per_round = |base: &[(Run, Run)]| -> Vec<f64> {
+            rs.iter()
+                .zip(base)
+                .map(|((a, _), (b, _))| if b.rps > 0.0 { (a.rps / b.rps * 1000.0).round() / 1000.0 } else { f64::NAN })
+                .collect()
+        };
         let added =
             |base: &[(Run, Run)]| median(rs.iter().zip(base).map(|((_, a), (_, b))| a.p50_ms - b.p50_ms).collect());
         let cpu_per_1k = median(
@@ -642,6 +648,8 @@ fn main() {
             "c1_p99_ms": median(rs.iter().map(|(_, b)| b.p99_ms).collect()),
             "vs_direct_c32": ratio(&direct),
             "vs_nginx_c32": ratio(&nginx_r),
+            "vs_nginx_c32_rounds": per_round(&nginx_r),
+            "c32_rps_rounds": rs.iter().map(|(a, _)| a.rps.round()).collect::<Vec<_>>(),
             "added_p50_c1_ms": added(&direct),
             "added_p50_c1_vs_nginx_ms": added(&nginx_r),
             "cpu_s_per_1k_req": if t.pids.is_empty() { Value::Null } else { json!(cpu_per_1k) },
@@ -705,6 +713,15 @@ fn main() {
             format!("{ms:.0} ms to first routed 200, idle RSS {:.1} MiB", kb as f64 / 1024.0)
         })
     };
+    if o.rounds > 1 {
+        println!("\nc=32 throughput / nginx's, round by round (the spread is the machine's noise):");
+        for r in &rows {
+            let rounds = r["vs_nginx_c32_rounds"].as_array().cloned().unwrap_or_default();
+            let text: Vec<String> =
+                rounds.iter().map(|v| v.as_f64().map_or("-".into(), |v| format!("{v:.2}"))).collect();
+            println!("  {:<32} {}", r["target"].as_str().unwrap_or(""), text.join("  "));
+        }
+    }
     println!("\nstartup, example mesh: {}", fmt_startup(&demo));
     println!("startup, bookinfo:     {}", fmt_startup(&bookinfo));
     println!("devmesh idle RSS after the load: {:.1} MiB", idle_rss_kb as f64 / 1024.0);

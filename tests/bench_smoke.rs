@@ -71,6 +71,9 @@ fn bench_harness_produces_a_complete_table() {
             }
         }
         assert_eq!(r["errors"], 0, "{r}");
+        let rounds = r["vs_nginx_c32_rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 1, "one paired ratio per round: {r}");
+        assert!(rounds[0].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     }
     assert!(report["startup"]["demo"]["first_200_ms"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
     // The 1000-service reload ran under traffic: both applies took effect, nothing failed.
