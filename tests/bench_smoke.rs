@@ -22,16 +22,17 @@ fn bench_harness_produces_a_complete_table() {
     let bin_dir = devmesh_bin().parent().unwrap().to_path_buf();
     let bench = bin_dir.join("examples/bench");
     httpbin_bin();
-    if !bench.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "--example", "bench"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the bench example failed");
-    }
+    // Always (re)built: `cargo test --test bench_smoke` alone does not rebuild examples, and a
+    // stale harness would test old code.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args(["build", "--example", "bench"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the bench example failed");
+    assert!(bench.exists(), "no {}", bench.display());
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&bench)
         .args(["--smoke", "--bin-dir"])

@@ -25,15 +25,15 @@ pub fn httpbin_bin() -> PathBuf {
         .get_or_init(|| {
             let dir = devmesh_bin().parent().map(Path::to_path_buf).unwrap_or_default();
             let bin = dir.join("examples").join("httpbin");
-            if !bin.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let status = Command::new(cargo)
-                    .args(["build", "--example", "httpbin"])
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .status()
-                    .expect("cargo build --example httpbin");
-                assert!(status.success(), "building the httpbin example failed");
-            }
+            // Built once per test binary, even when present: `cargo test --test x` does not
+            // rebuild examples, and a stale httpbin would test old code. A no-op when fresh.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--example", "httpbin"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo build --example httpbin");
+            assert!(status.success(), "building the httpbin example failed");
             bin
         })
         .clone()
