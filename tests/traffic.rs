@@ -396,3 +396,38 @@ spec:
     );
     assert_eq!(served_by(&get(&m, "/anything/12/x")), "backend-v1", "regex matches the whole path");
 }
+
+#[test]
+fn http1_chunked_responses_stream_through_gateway_and_sidecar() {
+    // Gateway -> mTLS -> inbound sidecar -> app, all HTTP/1.1: a chunked response is passed on
+    // chunk by chunk as the app writes it (the upstream client decodes from the socket as the
+    // downstream polls), not buffered to the end.
+    let m = mesh();
+    m.apply(&vs("  - route: [{destination: {host: backend, subset: v1}}]\n"));
+    let (first_after, total, text) = block_on(async {
+        let tcp = tokio::net::TcpStream::connect(m.gateway()).await.unwrap();
+        let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/stream?n=3&ms=400")
+            .header("host", "backend.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let t = Instant::now();
+        let resp = s.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_11);
+        let mut body = resp.into_body();
+        let mut first_after = None;
+        let mut text = String::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            if let Ok(d) = frame.unwrap().into_data() {
+                first_after.get_or_insert(t.elapsed());
+                text.push_str(std::str::from_utf8(&d).unwrap());
+            }
+        }
+        (first_after.unwrap(), t.elapsed(), text)
+    });
+    assert_eq!(text, "chunk 0\nchunk 1\nchunk 2\n");
+    assert!(first_after < Duration::from_millis(300), "the first chunk streams through: {first_after:?}");
+    assert!(total >= Duration::from_millis(790), "{total:?}");
+}
