@@ -616,7 +616,7 @@ mod tests {
                             Some(a) => (a, true),
                             None => (answer, false),
                         };
-                        for piece in answer.chunks((answer.len() / 40).max(7)) {
+                        for piece in answer.chunks((answer.len() / 8).max(7)) {
                             if s.write_all(piece).await.is_err() {
                                 return;
                             }
@@ -845,6 +845,44 @@ mod tests {
         let (status, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
         assert_eq!(headers["x-big"].len(), 59 * 1024);
+    }
+
+    #[tokio::test]
+    async fn mangled_answers_give_errors_not_panics_or_hangs() {
+        // The data plane never panics on what a peer sends: 150 valid answers with random
+        // flipped, inserted or cut bytes, each followed by a close.
+        let seeds: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n5;e=1\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\ncontent-length: 0\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut answers: Vec<&'static [u8]> = Vec::new();
+        for i in 0..150 {
+            let mut a = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..a.len());
+                match rng.u8(0..3) {
+                    0 => a[at] = rng.u8(..),
+                    1 => a.insert(at, rng.u8(..)),
+                    _ => a.truncate(at.max(1)),
+                }
+            }
+            a.extend_from_slice(b"CLOSE");
+            answers.push(Box::leak(a.into_boxed_slice()));
+        }
+        let up = raw(answers).await;
+        let idle = Arc::new(Idle::default());
+        let mut outcomes = (0, 0);
+        for _ in 0..150 {
+            match tokio::time::timeout(Duration::from_secs(5), call(&idle, up.addr, Method::GET, Body::Empty)).await {
+                Ok(Ok(_)) => outcomes.0 += 1,
+                Ok(Err(_)) => outcomes.1 += 1,
+                Err(_) => panic!("an exchange hung on a mangled answer"),
+            }
+        }
+        assert_eq!(outcomes.0 + outcomes.1, 150);
+        assert!(outcomes.1 > 0, "mangling produced some errors: {outcomes:?}");
     }
 
     #[tokio::test]
