@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::mesh::Mesh;
 use crate::control::ControlPlane;
-use crate::dataplane::body::ProxyBody;
+use crate::dataplane::body::{Body, ProxyBody};
 use crate::dataplane::listen::{self, HttpMode};
 
 use super::{proxy_config, resources};
@@ -150,7 +150,7 @@ fn allowed(peer: SocketAddr) -> bool {
 /// The largest request body the admin API reads (an `apply` of many files).
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
-async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Response<ProxyBody> {
     if !allowed(peer) {
         return text(StatusCode::FORBIDDEN, "the admin API answers loopback clients only\n");
     }

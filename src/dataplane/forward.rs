@@ -14,7 +14,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
@@ -79,7 +78,7 @@ enum Replay {
     Empty,
     Buffered(Bytes),
     /// Streams once: the request gets one attempt.
-    Stream(Option<Incoming>),
+    Stream(Option<Body>),
 }
 
 impl Replay {
@@ -99,7 +98,7 @@ impl Replay {
         match self {
             Replay::Empty => Body::Empty,
             Replay::Buffered(b) => Body::full(b.clone()),
-            Replay::Stream(s) => s.take().map_or(Body::Empty, Body::Incoming),
+            Replay::Stream(s) => s.take().unwrap_or(Body::Empty),
         }
     }
 }
@@ -116,7 +115,7 @@ fn roll(percent: f64) -> bool {
 }
 
 impl Forwarder {
-    pub async fn forward(&self, routing: Routing<'_>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn forward(&self, routing: Routing<'_>, mut req: Request<Body>) -> Response<ProxyBody> {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -164,7 +163,7 @@ impl Forwarder {
         &self,
         routing: &Routing<'_>,
         parts: Parts,
-        body: Incoming,
+        body: Body,
         path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,
@@ -265,7 +264,7 @@ impl Forwarder {
         fwd: &Forward,
         matched_prefix: Option<&str>,
         mut parts: Parts,
-        body: Incoming,
+        body: Body,
         path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,

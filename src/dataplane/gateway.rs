@@ -7,11 +7,11 @@ use std::sync::{Arc, LazyLock};
 
 use http::header::HeaderValue;
 use http::{Request, Response};
-use hyper::body::Incoming;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::body::ProxyBody;
+use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
 use super::forward::{Forwarder, Routing};
 use super::headers::{self, X_ENVOY_EXTERNAL_ADDRESS, X_FORWARDED_FOR};
@@ -53,7 +53,7 @@ impl Gateway {
         .await;
     }
 
-    async fn request(&self, server_port: u16, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn request(&self, server_port: u16, peer: SocketAddr, mut req: Request<Body>) -> Response<ProxyBody> {
         let Some(authority) = headers::authority(&req).map(|a| a.as_str().to_string()) else {
             return ProxyError::BadRequest("missing Host").response();
         };

@@ -116,7 +116,7 @@ impl Authority {
 }
 
 /// The authority a request is for: the URI's (absolute form, HTTP/2) or the `Host` header.
-pub fn authority(req: &Request<hyper::body::Incoming>) -> Option<Authority> {
+pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
         return Some(Authority::Uri(a.clone()));
     }

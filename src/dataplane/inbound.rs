@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -162,7 +162,7 @@ impl Inbound {
     }
 
     /// One request: to the application, answered with `server: istio-envoy`.
-    async fn request(&self, peer: &Peer, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn request(&self, peer: &Peer, mut req: Request<Body>) -> Response<ProxyBody> {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -223,12 +223,8 @@ impl Inbound {
             mtls: peer.tls.is_some(),
         };
         let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
-        let upstream = headers::to_upstream(
-            Request::from_parts(parts, Body::Incoming(body)),
-            version,
-            authority.to_str().unwrap_or(""),
-            "http",
-        );
+        let upstream =
+            headers::to_upstream(Request::from_parts(parts, body), version, authority.to_str().unwrap_or(""), "http");
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
         let mut resp = match self.pools.get().send(&target, upstream).await {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::body::ProxyBody;
+use super::body::{Body, ProxyBody};
 
 /// How long to wait for a client's first bytes before treating a connection as opaque TCP
 /// (server-first protocols send nothing). Istio's protocol detection timeout is similar.
@@ -109,7 +109,7 @@ pub enum HttpMode {
 pub async fn serve_http<I, F, Fut>(io: I, mode: HttpMode, handle: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -121,8 +121,8 @@ where
     }
     // The request future is boxed once: it is several KB, and hyper would otherwise move it
     // by value (memmove) on its way into the connection's in-flight slot.
-    let service = hyper::service::service_fn(move |req| {
-        let fut = Box::pin(handle(req));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let fut = Box::pin(handle(req.map(Body::Incoming)));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {

@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::body::ProxyBody;
+use super::body::{Body, ProxyBody};
 use super::error::{ProxyError, local_reply};
 use super::forward::{Forwarder, Routing};
 use super::headers;
@@ -142,7 +142,7 @@ impl Outbound {
         .await;
     }
 
-    async fn proxy_request(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn proxy_request(self: Arc<Self>, req: Request<Body>) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return self.connect(req).await;
         }
@@ -186,12 +186,7 @@ impl Outbound {
         snap.scopes.get(self.index).map_or(snap.outbound_mode, |s| s.mode)
     }
 
-    async fn http(
-        &self,
-        req: Request<Incoming>,
-        authority: &str,
-        listener: Option<(usize, u16)>,
-    ) -> Response<ProxyBody> {
+    async fn http(&self, req: Request<Body>, authority: &str, listener: Option<(usize, u16)>) -> Response<ProxyBody> {
         let snap = self.snapshot.load_full();
         match self.resolve(&snap, authority, listener, 80) {
             Dest::Service(si, port) => {
@@ -227,7 +222,7 @@ impl Outbound {
     async fn outside(
         &self,
         snap: &MeshSnapshot,
-        req: Request<Incoming>,
+        req: Request<Body>,
         authority: &str,
         port: u16,
     ) -> Response<ProxyBody> {
@@ -244,7 +239,7 @@ impl Outbound {
     /// `CONNECT host:port`: registry services are routed (HTTP inside by their HTTP routes,
     /// TLS by SNI, the rest as TCP); other hosts get a plain tunnel under ALLOW_ANY and a
     /// refusal under REGISTRY_ONLY.
-    async fn connect(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn connect(self: Arc<Self>, mut req: Request<Body>) -> Response<ProxyBody> {
         let Some(authority) = req.uri().authority().map(|a| a.as_str().to_string()) else {
             return ProxyError::BadRequest("CONNECT needs host:port").response();
         };
