@@ -549,5 +549,5 @@ services:
         assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     });
     let ok = http(proxy, Req::get("http://client/get").host("client"));
-    assert_eq!(ok.status, 200);
+    assert_eq!(ok.status, 200, "{:?} {} {}", ok.headers, ok.text(), m.access_log());
 }

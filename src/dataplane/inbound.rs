@@ -27,6 +27,8 @@ use crate::model::topology::{Instance, InstancePort};
 use crate::telemetry::{Reporter, RequestEvent, Telemetry, Texts};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP port waits for a client's first bytes.
+const HTTP_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What is known of a downstream connection.
 #[derive(Clone, Debug)]
@@ -81,7 +83,12 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, addr: SocketAddr) {
-        match listen::sniff(&stream, listen::SNIFF_TIMEOUT).await {
+        // An HTTP port's clients always speak first, so waiting longer for their first bytes
+        // costs nothing and keeps a slow peer's TLS hello (a loaded machine) from being taken
+        // for opaque TCP, as Envoy's TLS inspector waits (15 s). Other ports may carry
+        // server-first protocols and keep the short wait.
+        let wait = if self.port.protocol.is_http() { HTTP_SNIFF_TIMEOUT } else { listen::SNIFF_TIMEOUT };
+        match listen::sniff(&stream, wait).await {
             Sniffed::Tls => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server.clone());
                 let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
