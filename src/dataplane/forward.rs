@@ -110,15 +110,49 @@ struct Extra {
     active: Option<Active>,
 }
 
+/// One attempt: the in-task client borrows the head of a complete HTTP/1.1 request (no copy
+/// per attempt); anything else goes through hyper's client, the last attempt taking the head
+/// (`parts` is then left empty, and `taken` set).
+async fn attempt_once(
+    pools: &Pools,
+    target: &Target,
+    complete: bool,
+    last: bool,
+    (parts, taken): (&mut Parts, &mut bool),
+    replay: &mut Replay,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if *taken {
+        return Err(ProxyError::BadRequest("request already sent"));
+    }
+    if complete {
+        return pools.send_complete(target, parts, replay.bytes()).await;
+    }
+    let p = if last {
+        *taken = true;
+        std::mem::replace(parts, Request::new(()).into_parts().0)
+    } else {
+        clone_parts(parts)
+    };
+    pools.send(target, Request::from_parts(p, replay.body())).await
+}
+
 fn roll(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
 impl Forwarder {
-    pub async fn forward(&self, routing: Routing<'_>, mut req: Request<Body>) -> Response<ProxyBody> {
+    /// Forwards one request. The request is prepared before the future is built, so the
+    /// future holds the prepared parts once (an `async fn` would also keep its arguments), and
+    /// the phases below borrow them: futures are moved whole into their parent's state, so
+    /// their size is paid for on every request.
+    pub fn forward<'a>(
+        &'a self,
+        routing: Routing<'a>,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::ensure_request_id(&mut parts.headers);
         if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
@@ -126,44 +160,47 @@ impl Forwarder {
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut event = self.event(&parts, &path, routing.authority, routing.service);
-        let mut extra = Extra::default();
-
-        let result = self.handle(&routing, parts, body, &path, &mut event, &mut extra).await;
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                event.response_flags.add(e.flag());
-                let mut r = e.response();
-                r.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
-                r
+        // An async block, not an `async fn`: its captures are stored once (an `async fn`
+        // keeps its arguments beside the locals they are moved into).
+        async move {
+            let mut extra = Extra::default();
+            let result = self.handle(&routing, &mut parts, &mut body, &path, &mut event, &mut extra).await;
+            let mut resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    event.response_flags.add(e.flag());
+                    let mut r = e.response();
+                    r.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+                    r
+                }
+            };
+            if self.gateway {
+                resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
             }
-        };
-        if self.gateway {
-            resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+            if let Some(down) = upgrade
+                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                splice_upgrade(down, &mut resp);
+            }
+            event.status = resp.status().as_u16();
+            let telemetry = self.telemetry.clone();
+            let active = extra.active.take();
+            resp.body_mut().on_end(move |o| {
+                drop(active);
+                event.bytes_sent = o.bytes;
+                event.duration_ms = start.elapsed().as_millis() as u64;
+                telemetry.record(event);
+            });
+            resp
         }
-        if let Some(down) = upgrade
-            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            splice_upgrade(down, &mut resp);
-        }
-        event.status = resp.status().as_u16();
-        let telemetry = self.telemetry.clone();
-        let active = extra.active.take();
-        resp.body_mut().on_end(move |o| {
-            drop(active);
-            event.bytes_sent = o.bytes;
-            event.duration_ms = start.elapsed().as_millis() as u64;
-            telemetry.record(event);
-        });
-        resp
     }
 
     /// Route, CORS, fault and action phases.
     async fn handle(
         &self,
         routing: &Routing<'_>,
-        parts: Parts,
-        body: Body,
+        parts: &mut Parts,
+        body: &mut Body,
         path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,
@@ -263,8 +300,8 @@ impl Forwarder {
         route: &Route,
         fwd: &Forward,
         matched_prefix: Option<&str>,
-        mut parts: Parts,
-        body: Body,
+        parts: &mut Parts,
+        body: &mut Body,
         path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,
@@ -322,18 +359,18 @@ impl Forwarder {
         } else if (retry.attempts > 0 || !fwd.mirrors.is_empty())
             && content_length(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
         {
-            let limited = http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize);
+            let limited = http_body_util::Limited::new(std::mem::replace(body, Body::Empty), MAX_REPLAY_BODY as usize);
             match Box::pin(limited.collect()).await {
                 Ok(c) => Replay::Buffered(c.to_bytes()),
                 Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
             }
         } else {
-            Replay::Stream(Some(body))
+            Replay::Stream(Some(std::mem::replace(body, Body::Empty)))
         };
 
         for m in &fwd.mirrors {
             if roll(m.percent) && replay.replayable() {
-                self.mirror(m, &parts, &mut replay, &authority);
+                self.mirror(m, parts, &mut replay, &authority);
             }
         }
 
@@ -346,12 +383,12 @@ impl Forwarder {
         let deadline = fwd.timeout.map(|t| Instant::now() + t);
         let mut tried = [usize::MAX; 8];
         let mut attempt: u32 = 0;
-        headers::to_upstream_parts(&mut parts, version, &authority, "http");
+        headers::to_upstream_parts(parts, version, &authority, "http");
         // A complete body over HTTP/1.1 goes through the in-task client, which borrows the
         // head: no copy per attempt.
         let complete =
             version == Version::H1 && replay.replayable() && h1::eligible_head(&parts.method, &parts.headers);
-        let mut parts = Some(parts);
+        let mut taken = false;
         loop {
             attempt += 1;
             event.attempts = attempt;
@@ -365,9 +402,7 @@ impl Forwarder {
             let ep = &cluster.endpoints[ei];
             event.destination_workload = ep.instance.as_ref().map(|i| i.workload.clone());
             let last = attempt >= max_attempts;
-            if let Some(p) = parts.as_mut() {
-                p.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
-            }
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
             let target = match self.target(cluster, ep, version, &authority, routing.snapshot).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -393,24 +428,23 @@ impl Forwarder {
             };
             let per_try_binding = retry.per_try_timeout.is_some_and(|pt| remaining.is_none_or(|r| pt < r));
             let pools = self.pools.get();
-            let send = async {
-                if complete {
-                    let p = parts.as_ref().ok_or(ProxyError::BadRequest("request already sent"))?;
-                    return pools.send_complete(&target, p, replay.bytes()).await;
-                }
-                let p = match (last, parts.as_ref()) {
-                    (true, _) => parts.take().ok_or(ProxyError::BadRequest("request already sent"))?,
-                    (false, Some(p)) => clone_parts(p),
-                    (false, None) => return Err(ProxyError::BadRequest("request already sent")),
-                };
-                pools.send(&target, Request::from_parts(p, replay.body())).await
-            };
+            // The attempt future is built inside each arm (not held in a local across the
+            // await), so this state machine holds it once.
             let outcome = match limit {
-                None => send.await.map_err(Some),
-                Some(l) => match tokio::time::timeout(l, send).await {
-                    Ok(r) => r.map_err(Some),
-                    Err(_) => Err(None),
-                },
+                None => {
+                    attempt_once(pools, &target, complete, last, (parts, &mut taken), &mut replay).await.map_err(Some)
+                }
+                Some(l) => {
+                    match tokio::time::timeout(
+                        l,
+                        attempt_once(pools, &target, complete, last, (parts, &mut taken), &mut replay),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(Some),
+                        Err(_) => Err(None),
+                    }
+                }
             };
             match outcome {
                 Ok(mut resp) => {

@@ -43,67 +43,60 @@ impl Gateway {
         listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
             workers.connection(stream, peer, move |stream, peer| async move {
-                listen::serve_http(stream, HttpMode::Auto, move |req| {
-                    let this = this.clone();
-                    async move { this.request(server_port, peer, req).await }
-                })
-                .await;
+                listen::serve_http(stream, HttpMode::Auto, move |req| this.clone().request(server_port, peer, req))
+                    .await;
             });
         })
         .await;
     }
 
-    async fn request(&self, server_port: u16, peer: SocketAddr, mut req: Request<Body>) -> Response<ProxyBody> {
-        let Some(authority) = headers::authority(&req).map(|a| a.as_str().to_string()) else {
-            return ProxyError::BadRequest("missing Host").response();
-        };
-        edge_headers(req.headers_mut(), peer);
-        let snap = self.snapshot.load_full();
-        let host = normalize(split_authority(&authority).0).into_owned();
-        let vhost = snap.gateway_routes.get(&(self.index, server_port)).and_then(|l| l.virtual_host(&host));
+    /// One request at a gateway server port. An async block, not an `async fn` (whose
+    /// arguments would be stored twice): futures are moved whole on every request.
+    fn request(
+        self: Arc<Self>,
+        server_port: u16,
+        peer: SocketAddr,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        let authority = headers::authority(&req);
         let source = peer.ip().to_string();
-        let routing = match vhost {
-            Some(vh) => Routing {
-                snapshot: &snap,
-                table: &vh.table,
-                authority: &authority,
-                port: server_port,
-                gateway: Some(&vh.gateway),
-                service: "",
-                source: &source,
-            },
-            None => Routing {
-                snapshot: &snap,
-                table: &NO_ROUTES,
-                authority: &authority,
-                port: server_port,
-                gateway: None,
-                service: "",
-                source: &source,
-            },
-        };
-        self.forwarder.forward(routing, req).await
+        edge_headers(req.headers_mut(), &source);
+        async move {
+            let Some(authority) = authority.as_ref().map(|a| a.as_str()) else {
+                return ProxyError::BadRequest("missing Host").response();
+            };
+            let snap = self.snapshot.load_full();
+            let host = normalize(split_authority(authority).0);
+            let vhost = snap.gateway_routes.get(&(self.index, server_port)).and_then(|l| l.virtual_host(&host));
+            let (table, gateway) = match vhost {
+                Some(vh) => (&vh.table, Some(vh.gateway.as_str())),
+                None => (&*NO_ROUTES, None),
+            };
+            let routing =
+                Routing { snapshot: &snap, table, authority, port: server_port, gateway, service: "", source: &source };
+            self.forwarder.forward(routing, req).await
+        }
     }
 }
 
 /// What an edge proxy does to a client's headers: internal `x-envoy-*` headers are not
 /// trusted, the client address is appended to `x-forwarded-for`.
-fn edge_headers(h: &mut http::HeaderMap, peer: SocketAddr) {
-    let internal: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("x-envoy-")).cloned().collect();
-    for k in internal {
-        h.remove(k);
+fn edge_headers(h: &mut http::HeaderMap, ip: &str) {
+    if h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        let internal: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("x-envoy-")).cloned().collect();
+        for k in internal {
+            h.remove(k);
+        }
     }
-    let ip = peer.ip().to_string();
+    let Ok(ip_value) = HeaderValue::from_str(ip) else { return };
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+        _ => Some(ip_value.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
-    }
+    h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), ip_value);
     h.insert(headers::X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 }
 
@@ -116,7 +109,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-envoy-attempt-count", "9".parse().unwrap());
-        edge_headers(&mut h, "127.0.0.1:5555".parse().unwrap());
+        edge_headers(&mut h, "127.0.0.1");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert!(h.get("x-envoy-attempt-count").is_none());
         assert_eq!(h["x-envoy-external-address"], "127.0.0.1");

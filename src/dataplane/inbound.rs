@@ -40,7 +40,18 @@ pub struct Peer {
 pub struct PeerTls {
     /// The client's SPIFFE ID (`source.principal`).
     pub spiffe: Option<Arc<str>>,
-    pub cert_hash: String,
+    /// The `x-forwarded-client-cert` this connection's requests carry to the application,
+    /// built once per connection.
+    pub xfcc: Option<HeaderValue>,
+}
+
+impl PeerTls {
+    /// `cert_hash`: the client certificate's SHA-256; `by`: this workload's SPIFFE ID.
+    pub fn new(spiffe: Option<Arc<str>>, cert_hash: &str, by: &str) -> PeerTls {
+        let uri = spiffe.as_deref().unwrap_or("");
+        let xfcc = HeaderValue::from_str(&format!("By={by};Hash={cert_hash};Subject=\"\";URI={uri}")).ok();
+        PeerTls { spiffe, xfcc }
+    }
 }
 
 /// Names every record of this listener shares.
@@ -102,10 +113,11 @@ impl Inbound {
                 let (_, conn) = tls.get_ref();
                 let cert = conn.peer_certificates().and_then(|c| c.first());
                 let peer = Peer {
-                    tls: Some(PeerTls {
-                        spiffe: cert.and_then(spiffe_of).map(Arc::from),
-                        cert_hash: cert.map(cert_hash).unwrap_or_default(),
-                    }),
+                    tls: Some(PeerTls::new(
+                        cert.and_then(spiffe_of).map(Arc::from),
+                        &cert.map(cert_hash).unwrap_or_default(),
+                        &self.tls.spiffe,
+                    )),
                 };
                 let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
                 if !self.admit(&peer) {
@@ -143,13 +155,7 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
-        let peer = Arc::new(peer);
-        listen::serve_http(io, mode, move |req| {
-            let this = this.clone();
-            let peer = peer.clone();
-            async move { this.request(&peer, req).await }
-        })
-        .await;
+        listen::serve_http(io, mode, move |req| this.clone().request(&peer, req)).await;
     }
 
     /// Opaque TCP: the bytes go to the application as they are.
@@ -168,8 +174,13 @@ impl Inbound {
         }
     }
 
-    /// One request: to the application, answered with `server: istio-envoy`.
-    async fn request(&self, peer: &Peer, mut req: Request<Body>) -> Response<ProxyBody> {
+    /// One request: to the application, answered with `server: istio-envoy`. Prepared before
+    /// the future is built, so the future holds only what the response needs.
+    fn request(
+        self: Arc<Self>,
+        peer: &Peer,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -180,17 +191,9 @@ impl Inbound {
             (Some(a), None) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
             (None, None) => HeaderValue::from_static(""),
         };
-        match &peer.tls {
-            Some(t) => {
-                let xfcc = format!(
-                    "By={};Hash={};Subject=\"\";URI={}",
-                    self.tls.spiffe,
-                    t.cert_hash,
-                    t.spiffe.as_deref().unwrap_or("")
-                );
-                if let Ok(v) = HeaderValue::from_str(&xfcc) {
-                    parts.headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
-                }
+        match peer.tls.as_ref().and_then(|t| t.xfcc.clone()) {
+            Some(v) => {
+                parts.headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
             }
             None => {
                 parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
@@ -234,32 +237,35 @@ impl Inbound {
             headers::to_upstream(Request::from_parts(parts, body), version, authority.to_str().unwrap_or(""), "http");
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
-        let mut resp = match self.pools.get().send(&target, upstream).await {
-            Ok(mut r) => {
-                let ms = sent.elapsed().as_millis() as u64;
-                event.upstream_service_time_ms = Some(ms);
-                headers::strip_hop_by_hop(r.headers_mut());
-                r.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(ms));
-                r
-            }
-            Err(e) => {
-                event.response_flags = e.flag();
-                e.response()
-            }
-        };
-        resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
-        if let Some(down) = upgrade
-            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-        {
-            splice_upgrade(down, &mut resp);
-        }
-        event.status = resp.status().as_u16();
+        let send = self.pools.get().send(&target, upstream);
         let telemetry = self.telemetry.clone();
-        resp.body_mut().on_end(move |o| {
-            event.bytes_sent = o.bytes;
-            event.duration_ms = start.elapsed().as_millis() as u64;
-            telemetry.record(event);
-        });
-        resp
+        async move {
+            let mut resp = match send.await {
+                Ok(mut r) => {
+                    let ms = sent.elapsed().as_millis() as u64;
+                    event.upstream_service_time_ms = Some(ms);
+                    headers::strip_hop_by_hop(r.headers_mut());
+                    r.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(ms));
+                    r
+                }
+                Err(e) => {
+                    event.response_flags = e.flag();
+                    e.response()
+                }
+            };
+            resp.headers_mut().insert(header::SERVER, ISTIO_ENVOY.clone());
+            if let Some(down) = upgrade
+                && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                splice_upgrade(down, &mut resp);
+            }
+            event.status = resp.status().as_u16();
+            resp.body_mut().on_end(move |o| {
+                event.bytes_sent = o.bytes;
+                event.duration_ms = start.elapsed().as_millis() as u64;
+                telemetry.record(event);
+            });
+            resp
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The data plane: listeners, the inbound and outbound sides of each sidecar, gateways,
 //! upstream connection pools, and Envoy-compatible failure handling.
 
+pub mod addr_map;
 pub mod body;
 pub mod error;
 pub mod forward;

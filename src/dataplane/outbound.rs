@@ -5,7 +5,6 @@
 //! (HTTP, or TCP/TLS with SNI); other hosts pass through (ALLOW_ANY) or are refused
 //! (REGISTRY_ONLY), as Istio's PassthroughCluster and BlackHoleCluster.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::addr_map::AddrMap;
 use super::body::{Body, ProxyBody};
 use super::error::{ProxyError, local_reply};
 use super::forward::{Forwarder, Routing};
@@ -45,7 +45,7 @@ pub struct Outbound {
     pub forwarder: Forwarder,
     pub snapshot: Shared,
     /// This instance's per-upstream listener addresses → (service, port).
-    pub listeners: HashMap<SocketAddr, (usize, u16)>,
+    pub listeners: AddrMap<SocketAddr, (usize, u16)>,
 }
 
 /// Where a request or connection from the application goes.
@@ -60,7 +60,7 @@ enum Dest {
 
 impl Outbound {
     pub fn new(instance: Arc<Instance>, index: usize, forwarder: Forwarder, snapshot: Shared) -> Outbound {
-        let mut listeners = HashMap::new();
+        let mut listeners = AddrMap::default();
         for u in &instance.upstreams {
             for (port, addr) in &u.ports {
                 listeners.insert(*addr, (u.service, *port));
@@ -75,11 +75,7 @@ impl Outbound {
         listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
             workers.connection(stream, peer, move |stream, _| async move {
-                listen::serve_http(stream, HttpMode::Auto, move |req| {
-                    let this = this.clone();
-                    async move { this.proxy_request(req).await }
-                })
-                .await;
+                listen::serve_http(stream, HttpMode::Auto, move |req| this.clone().proxy_request(req)).await;
             });
         })
         .await;
@@ -133,33 +129,33 @@ impl Outbound {
     {
         let this = self.clone();
         listen::serve_http(io, HttpMode::Auto, move |req| {
-            let this = this.clone();
-            async move {
-                let authority = headers::authority(&req);
-                this.http(req, authority.as_ref().map_or("", |a| a.as_str()), Some((service, port))).await
-            }
+            let authority = headers::authority(&req);
+            this.clone().http(req, authority, Some((service, port)))
         })
         .await;
     }
 
-    async fn proxy_request(self: Arc<Self>, req: Request<Body>) -> Response<ProxyBody> {
-        if req.method() == Method::CONNECT {
-            return self.connect(req).await;
-        }
-        match headers::authority(&req) {
-            Some(a) => self.http(req, a.as_str(), None).await,
-            None => ProxyError::BadRequest("missing Host").response(),
-        }
+    /// A request to the HTTP proxy listener: absolute-form, or `CONNECT`.
+    fn proxy_request(self: Arc<Self>, req: Request<Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+        let authority = headers::authority(&req);
+        self.http(req, authority, None)
     }
 
     /// Which registry service port an authority names, as the sidecar resolves it: a host in
     /// any Kubernetes form or a ServiceEntry host (or address), one of this instance's
     /// `*_SERVICE_HOST` addresses, or (for per-upstream listeners) the listener's service.
-    fn resolve(&self, snap: &MeshSnapshot, authority: &str, listener: Option<(usize, u16)>, default_port: u16) -> Dest {
+    /// `host` and `port` are the authority's, split once by the caller.
+    fn resolve(
+        &self,
+        snap: &MeshSnapshot,
+        (host, port): (&str, Option<u16>),
+        listener: Option<(usize, u16)>,
+        default_port: u16,
+    ) -> Dest {
         let hit = snap
             .registry
             .hosts
-            .resolve(authority)
+            .resolve_split(host, port)
             .and_then(|(si, port)| {
                 let svc = snap.registry.get(si)?;
                 match port {
@@ -167,7 +163,7 @@ impl Outbound {
                     None => svc.default_port(default_port).map(|p| (si, p)),
                 }
             })
-            .or_else(|| authority.parse::<SocketAddr>().ok().and_then(|a| self.listeners.get(&a).copied()))
+            .or_else(|| port.and_then(|p| resolve::literal(host, p)).and_then(|a| self.listeners.get(&a).copied()))
             .or(listener);
         let Some((si, port)) = hit else { return Dest::Unknown };
         let visible = match (snap.registry.get(si), snap.scopes.get(self.index)) {
@@ -186,54 +182,71 @@ impl Outbound {
         snap.scopes.get(self.index).map_or(snap.outbound_mode, |s| s.mode)
     }
 
-    async fn http(&self, req: Request<Body>, authority: &str, listener: Option<(usize, u16)>) -> Response<ProxyBody> {
-        let snap = self.snapshot.load_full();
-        match self.resolve(&snap, authority, listener, 80) {
-            Dest::Service(si, port) => {
-                let Some(table) = snap.mesh_routes.get(&(si, port)) else {
-                    return ProxyError::NoRoute.response();
-                };
-                let service = snap.registry.get(si).map_or("", |s| s.host.as_str());
-                let routing = Routing {
-                    snapshot: &snap,
-                    table,
-                    authority,
-                    port,
-                    gateway: None,
-                    service,
-                    source: &self.instance.name,
-                };
-                self.forwarder.forward(routing, req).await
+    /// Routes and forwards one request: from the HTTP proxy listener (`listener` is `None`),
+    /// or from a per-upstream listener, which names the service when the authority does not.
+    /// One `forward` call at the end and no `async fn` arguments keep this future small:
+    /// futures are moved whole into their parent's state on every request.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+    fn http(
+        self: Arc<Self>,
+        req: Request<Body>,
+        authority: Option<headers::Authority>,
+        listener: Option<(usize, u16)>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        async move {
+            if listener.is_none() && req.method() == Method::CONNECT {
+                // Boxed: a tunnel's future (it may serve HTTP inside) is large and rare.
+                return Box::pin(self.connect(req)).await;
             }
-            Dest::Hidden(si, port) => {
-                // Reached directly (original destination), named by its service host so a
-                // `*_SERVICE_HOST` address does not loop back into this sidecar.
-                let host = snap.registry.get(si).map_or(String::new(), |s| format!("{}:{port}", s.host));
-                self.outside(&snap, req, &host, port).await
-            }
-            Dest::Unknown => {
-                let port = split_authority(authority).1.unwrap_or(80);
-                self.outside(&snap, req, authority, port).await
-            }
+            let authority = match (&authority, listener) {
+                (Some(a), _) => a.as_str(),
+                (None, Some(_)) => "",
+                (None, None) => return ProxyError::BadRequest("missing Host").response(),
+            };
+            let snap = self.snapshot.load_full();
+            let split = split_authority(authority);
+            let hidden_authority;
+            let routing = match self.resolve(&snap, split, listener, 80) {
+                Dest::Service(si, port) => {
+                    let Some(table) = snap.mesh_routes.get(&(si, port)) else {
+                        return ProxyError::NoRoute.response();
+                    };
+                    let service = snap.registry.get(si).map_or("", |s| s.host.as_str());
+                    Routing {
+                        snapshot: &snap,
+                        table,
+                        authority,
+                        port,
+                        gateway: None,
+                        service,
+                        source: &self.instance.name,
+                    }
+                }
+                Dest::Hidden(si, port) => {
+                    // Reached directly (original destination), named by its service host so a
+                    // `*_SERVICE_HOST` address does not loop back into this sidecar.
+                    let host = snap.registry.get(si).map_or("", |s| s.host.as_str());
+                    hidden_authority = format!("{host}:{port}");
+                    self.outside(&snap, &hidden_authority, (host, port))
+                }
+                Dest::Unknown => self.outside(&snap, authority, (split.0, split.1.unwrap_or(80))),
+            };
+            self.forwarder.forward(routing, req).await
         }
     }
 
     /// A host outside what the instance may see: PassthroughCluster or BlackHoleCluster.
-    async fn outside(
-        &self,
-        snap: &MeshSnapshot,
-        req: Request<Body>,
-        authority: &str,
-        port: u16,
-    ) -> Response<ProxyBody> {
+    fn outside<'a>(
+        &'a self,
+        snap: &'a MeshSnapshot,
+        authority: &'a str,
+        (service, port): (&'a str, u16),
+    ) -> Routing<'a> {
         let table = match self.mode(snap) {
             OutboundMode::RegistryOnly => &snap.blackhole,
             OutboundMode::AllowAny => &snap.passthrough,
         };
-        let service = split_authority(authority).0;
-        let routing =
-            Routing { snapshot: snap, table, authority, port, gateway: None, service, source: &self.instance.name };
-        self.forwarder.forward(routing, req).await
+        Routing { snapshot: snap, table, authority, port, gateway: None, service, source: &self.instance.name }
     }
 
     /// `CONNECT host:port`: registry services are routed (HTTP inside by their HTTP routes,
@@ -245,7 +258,7 @@ impl Outbound {
         };
         let snap = self.snapshot.load_full();
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let (target_host, target_port) = match self.resolve(&snap, &authority, None, 443) {
+        let (target_host, target_port) = match self.resolve(&snap, split_authority(&authority), None, 443) {
             Dest::Service(si, port) => {
                 tokio::spawn(async move {
                     if let Ok(up) = on_upgrade.await {

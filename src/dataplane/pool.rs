@@ -2,7 +2,6 @@
 //! connection per endpoint, over plain TCP (to applications, passthrough) or mTLS (between
 //! sidecars, peer SPIFFE ID checked after the handshake).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::addr_map::AddrMap;
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
 use super::h1;
@@ -93,7 +93,7 @@ struct Pool {
 /// All upstream pools of one proxy (a sidecar direction or a gateway).
 #[derive(Default)]
 pub struct Pools {
-    pools: RwLock<HashMap<(SocketAddr, Version, bool), Arc<Pool>>>,
+    pools: RwLock<AddrMap<(SocketAddr, Version, bool), Arc<Pool>>>,
 }
 
 impl Pools {
@@ -139,19 +139,30 @@ impl Pools {
     /// Sends `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) and returns the
     /// response head; the body streams, and an HTTP/1.1 connection goes back to the pool
     /// when it ends.
-    pub async fn send(&self, target: &Target, req: Request<Body>) -> Result<Response<ProxyBody>, ProxyError> {
+    ///
+    /// The request is taken apart before the future is built and hyper's client paths are
+    /// boxed, so the common case (a complete HTTP/1.1 request) makes a small future.
+    pub fn send(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + use<> {
         let pool = self.pool(target);
-        match target.version {
-            Version::H1 if h1::eligible_request(&req) => {
-                let (parts, body) = req.into_parts();
-                let data = match &body {
-                    Body::Full(Some(b)) => &b[..],
-                    _ => &[],
-                };
-                pool.send_complete(&parts, data).await
+        let complete = target.version == Version::H1 && h1::eligible_request(&req);
+        let version = target.version;
+        let (parts, body) = req.into_parts();
+        async move {
+            match version {
+                _ if complete => {
+                    let data = match &body {
+                        Body::Full(Some(b)) => &b[..],
+                        _ => &[],
+                    };
+                    pool.send_complete(&parts, data).await
+                }
+                Version::H1 => Box::pin(pool.send_h1(Request::from_parts(parts, body))).await,
+                Version::H2 => Box::pin(pool.send_h2(Request::from_parts(parts, body))).await,
             }
-            Version::H1 => pool.send_h1(req).await,
-            Version::H2 => pool.send_h2(req).await,
         }
     }
 }

@@ -10,18 +10,42 @@ use super::topology::{CLUSTER_DOMAIN, Service};
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some((host, after)) = rest.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            let port = after.strip_prefix(':').and_then(|p| parse_port(p.as_bytes()));
             return (host, port);
         }
         return (authority, None);
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(p) => (host, Some(p)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
+    // Bytes, not chars, from the end: this runs several times per request.
+    let b = authority.as_bytes();
+    let mut i = b.len();
+    while i > 0 && b[i - 1].is_ascii_digit() {
+        i -= 1;
     }
+    if i == 0 || i == b.len() || b[i - 1] != b':' || b[..i - 1].contains(&b':') {
+        return (authority, None);
+    }
+    match parse_port(&b[i..]) {
+        Some(p) => (&authority[..i - 1], Some(p)),
+        None => (authority, None),
+    }
+}
+
+/// A port: ASCII digits, at most 65535 (no sign, unlike `str::parse`).
+fn parse_port(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(d - b'0');
+        if n > u32::from(u16::MAX) {
+            return None;
+        }
+    }
+    u16::try_from(n).ok()
 }
 
 /// Lower-cases and drops a trailing dot, allocating only when needed.
@@ -102,8 +126,12 @@ impl HostIndex {
     /// Resolves an authority (`reviews:9080`) to a service index and the port, if given.
     pub fn resolve(&self, authority: &str) -> Option<(usize, Option<u16>)> {
         let (host, port) = split_authority(authority);
-        let host = normalize(host);
-        self.lookup(&host).map(|i| (i, port))
+        self.resolve_split(host, port)
+    }
+
+    /// `resolve` for an authority already split by `split_authority`.
+    pub fn resolve_split(&self, host: &str, port: Option<u16>) -> Option<(usize, Option<u16>)> {
+        self.lookup(&normalize(host)).map(|i| (i, port))
     }
 
     /// Resolves a fully qualified name (or a ServiceEntry host).
@@ -165,6 +193,15 @@ mod tests {
         assert_eq!(split_authority("a"), ("a", None));
         assert_eq!(split_authority("[::1]:8080"), ("::1", Some(8080)));
         assert_eq!(split_authority("a:xyz"), ("a:xyz", None));
+        assert_eq!(split_authority("a:"), ("a:", None));
+        assert_eq!(split_authority("a:+80"), ("a:+80", None), "no sign");
+        assert_eq!(split_authority("a:65535"), ("a", Some(65535)));
+        assert_eq!(split_authority("a:65536"), ("a:65536", None));
+        assert_eq!(split_authority("a:000080"), ("a", Some(80)));
+        assert_eq!(split_authority("a:99999999999999999999"), ("a:99999999999999999999", None));
+        assert_eq!(split_authority("::1"), ("::1", None), "a bare IPv6 address has no port");
+        assert_eq!(split_authority("[::1]"), ("::1", None));
+        assert_eq!(split_authority("ünï.example:9"), ("ünï.example", Some(9)));
     }
 
     #[test]

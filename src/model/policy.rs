@@ -148,7 +148,8 @@ impl RetryPolicy {
         if on.has(RetryOn::RETRIABLE_STATUS_CODES) && self.status_codes.contains(&status) {
             return true;
         }
-        let grpc = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        let grpc = headers.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
         match grpc {
             Some(1) => on.has(RetryOn::CANCELLED),
             Some(4) => on.has(RetryOn::DEADLINE_EXCEEDED),

@@ -76,7 +76,7 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
     out.push_str("\" ");
     out.push_str(num.format(e.status));
     out.push(' ');
-    let _ = write!(out, "{}", e.response_flags);
+    e.response_flags.push_to(out);
     for n in [Some(e.bytes_received), Some(e.bytes_sent), Some(e.duration_ms), e.upstream_service_time_ms] {
         out.push(' ');
         out.push_str(n.map_or("-", |n| num.format(n)));
@@ -88,6 +88,16 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
     }
     out.push_str(" \"");
     match e.upstream_host {
+        Some(std::net::SocketAddr::V4(a)) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(num.format(octet));
+            }
+            out.push(':');
+            out.push_str(num.format(a.port()));
+        }
         Some(a) => {
             let _ = write!(out, "{a}");
         }
@@ -218,6 +228,22 @@ mod tests {
             "[2023-11-14T22:13:20.042Z] productpage-v1 inbound \"GET /reviews/0 HTTP/1.1\" 503 UH,URX \
              18446744073709551615 358 12 - \"-\" \"a1b2\" \"reviews:9080\" \"-\" - default plaintext\n"
         );
+    }
+
+    #[test]
+    fn upstream_hosts_print_as_envoy_does() {
+        let mut clock = Clock::default();
+        let mut e = event();
+        for (addr, want) in [
+            ("0.0.0.0:1", "\"0.0.0.0:1\""),
+            ("255.10.0.99:65535", "\"255.10.0.99:65535\""),
+            ("[::1]:8080", "\"[::1]:8080\""),
+        ] {
+            e.upstream_host = Some(addr.parse().unwrap());
+            let mut out = String::new();
+            format_into(&mut out, &e, &mut clock);
+            assert!(out.contains(want), "{out}");
+        }
     }
 
     #[test]

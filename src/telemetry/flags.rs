@@ -75,22 +75,31 @@ impl std::ops::BitOr for Flags {
     }
 }
 
-impl fmt::Display for Flags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Flags {
+    /// Appends the flags as Envoy prints them (`UF,URX`, `-` when none).
+    pub fn push_to(self, out: &mut String) {
         if self.is_empty() {
-            return f.write_str("-");
+            out.push('-');
+            return;
         }
         let mut first = true;
         for (flag, name) in NAMES {
             if self.has(flag) {
                 if !first {
-                    f.write_str(",")?;
+                    out.push(',');
                 }
-                f.write_str(name)?;
+                out.push_str(name);
                 first = false;
             }
         }
-        Ok(())
+    }
+}
+
+impl fmt::Display for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        self.push_to(&mut s);
+        f.write_str(&s)
     }
 }
 
