@@ -219,7 +219,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
         *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds on the way back (service time, `server`).
+    let mut headers = HeaderMap::with_capacity(count + 3);
     let mut framing = None;
     let mut chunked = false;
     let mut keep_alive = version == HttpVersion::HTTP_11;
