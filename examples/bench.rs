@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The reference every target's throughput is compared with.
+const NGINX: &str = "nginx 1-hop";
+
 struct Opts {
     rounds: usize,
     duration: u64,
@@ -556,7 +559,7 @@ fn main() {
             pids: vec![dpid],
         },
         Target {
-            name: "nginx 1-hop",
+            name: NGINX,
             url: format!("http://{nginx_addr}/hello"),
             script: None,
             pids: tree(nginx.0.id()),
@@ -569,16 +572,30 @@ fn main() {
         },
     ];
 
-    // Interleaved rounds: every target once per round, at c=32 then c=1.
+    // Interleaved rounds. At c=32 every target runs between two nginx runs (N A N B N ...),
+    // and its ratio to nginx is taken against the mean of its two neighbours: the machine's
+    // drift over a round then cancels out of the ratio. Then every target at c=1.
     let mut results: BTreeMap<&str, Vec<(Run, Run)>> = BTreeMap::new();
+    let mut nginx_ref: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for t in &targets {
         wrk(&t.url, 32, 1, t.script.as_deref(), &[], tck);
     }
+    let Some(reference) = targets.iter().find(|t| t.name == NGINX) else { die("no nginx target") };
     for round in 0..o.rounds {
         eprintln!("bench: round {}/{}", round + 1, o.rounds);
+        let mut c32: BTreeMap<&str, Run> = BTreeMap::new();
+        let mut before = wrk(&reference.url, 32, o.duration, None, &reference.pids, tck);
+        for t in targets.iter().filter(|t| t.name != NGINX) {
+            let run = wrk(&t.url, 32, o.duration, t.script.as_deref(), &t.pids, tck);
+            let after = wrk(&reference.url, 32, o.duration, None, &reference.pids, tck);
+            nginx_ref.entry(t.name).or_default().push((before.rps + after.rps) / 2.0);
+            c32.insert(t.name, run);
+            c32.entry(NGINX).or_insert_with(|| before.clone());
+            before = after;
+        }
         for t in &targets {
-            let c32 = wrk(&t.url, 32, o.duration, t.script.as_deref(), &t.pids, tck);
             let c1 = wrk(&t.url, 1, o.duration, t.script.as_deref(), &t.pids, tck);
+            let Some(c32) = c32.remove(t.name) else { die("a target has no c=32 run") };
             results.entry(t.name).or_default().push((c32, c1));
         }
     }
@@ -609,7 +626,7 @@ fn main() {
 
     let rounds_of = |name: &str| results.get(name).cloned().unwrap_or_default();
     let direct = rounds_of("direct");
-    let nginx_r = rounds_of("nginx 1-hop");
+    let nginx_r = rounds_of(NGINX);
     let mut rows = Vec::new();
     for t in &targets {
         let rs = rounds_of(t.name);
@@ -621,10 +638,14 @@ fn main() {
                     .collect(),
             )
         };
-        let per_round = |base: &[(Run, Run)]| -> Vec<f64> {
+        // Against the nginx runs on either side of this target's own run.
+        let refs = nginx_ref.get(t.name).cloned().unwrap_or_default();
+        let per_round: Vec<f64> = if t.name == NGINX {
+            vec![1.0; rs.len()]
+        } else {
             rs.iter()
-                .zip(base)
-                .map(|((a, _), (b, _))| if b.rps > 0.0 { (a.rps / b.rps * 1000.0).round() / 1000.0 } else { f64::NAN })
+                .zip(&refs)
+                .map(|((a, _), b)| if *b > 0.0 { (a.rps / b * 1000.0).round() / 1000.0 } else { f64::NAN })
                 .collect()
         };
         let added =
@@ -647,8 +668,8 @@ fn main() {
             "c1_p50_ms": median(rs.iter().map(|(_, b)| b.p50_ms).collect()),
             "c1_p99_ms": median(rs.iter().map(|(_, b)| b.p99_ms).collect()),
             "vs_direct_c32": ratio(&direct),
-            "vs_nginx_c32": ratio(&nginx_r),
-            "vs_nginx_c32_rounds": per_round(&nginx_r),
+            "vs_nginx_c32": median(per_round.clone()),
+            "vs_nginx_c32_rounds": per_round,
             "c32_rps_rounds": rs.iter().map(|(a, _)| a.rps.round()).collect::<Vec<_>>(),
             "added_p50_c1_ms": added(&direct),
             "added_p50_c1_vs_nginx_ms": added(&nginx_r),
