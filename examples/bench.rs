@@ -558,12 +558,7 @@ fn main() {
             script: None,
             pids: vec![dpid],
         },
-        Target {
-            name: NGINX,
-            url: format!("http://{nginx_addr}/hello"),
-            script: None,
-            pids: tree(nginx.0.id()),
-        },
+        Target { name: NGINX, url: format!("http://{nginx_addr}/hello"), script: None, pids: tree(nginx.0.id()) },
         Target {
             name: "haproxy 1-hop",
             url: format!("http://{haproxy_addr}/hello"),
