@@ -199,6 +199,7 @@ mod tests {
         assert_eq!(split_authority("a:65536"), ("a:65536", None));
         assert_eq!(split_authority("a:000080"), ("a", Some(80)));
         assert_eq!(split_authority("a:99999999999999999999"), ("a:99999999999999999999", None));
+        assert_eq!(split_authority("a:4294967376"), ("a:4294967376", None), "2^32 + 80 does not wrap to 80");
         assert_eq!(split_authority("::1"), ("::1", None), "a bare IPv6 address has no port");
         assert_eq!(split_authority("[::1]"), ("::1", None));
         assert_eq!(split_authority("ünï.example:9"), ("ünï.example", Some(9)));
