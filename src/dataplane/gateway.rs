@@ -7,7 +7,6 @@ use std::sync::{Arc, LazyLock};
 
 use http::header::HeaderValue;
 use http::{Request, Response};
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +42,12 @@ impl Gateway {
         listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
             workers.connection(stream, peer, move |stream, peer| async move {
-                listen::serve_http(stream, HttpMode::Auto, move |req| this.clone().request(server_port, peer, req))
-                    .await;
+                // The client address, as text and as a header value, once per connection.
+                let client = Client::new(peer);
+                listen::serve_http(stream, HttpMode::Auto, move |req| {
+                    this.clone().request(server_port, client.clone(), req)
+                })
+                .await;
             });
         })
         .await;
@@ -55,12 +58,11 @@ impl Gateway {
     fn request(
         self: Arc<Self>,
         server_port: u16,
-        peer: SocketAddr,
+        client: Client,
         mut req: Request<Body>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send {
         let authority = headers::authority(&req);
-        let source = peer.ip().to_string();
-        edge_headers(req.headers_mut(), &source);
+        edge_headers(req.headers_mut(), &client);
         async move {
             let Some(authority) = authority.as_ref().map(|a| a.as_str()) else {
                 return ProxyError::BadRequest("missing Host").response();
@@ -72,25 +74,47 @@ impl Gateway {
                 Some(vh) => (&vh.table, Some(vh.gateway.as_str())),
                 None => (&*NO_ROUTES, None),
             };
-            let routing =
-                Routing { snapshot: &snap, table, authority, port: server_port, gateway, service: "", source: &source };
+            let routing = Routing {
+                snapshot: &snap,
+                table,
+                authority,
+                port: server_port,
+                gateway,
+                service: "",
+                source: &client.ip,
+            };
             self.forwarder.forward(routing, req).await
         }
     }
 }
 
+/// A downstream client's address.
+#[derive(Clone)]
+struct Client {
+    ip: Arc<str>,
+    /// `ip` as a header value (`None` cannot happen for an IP address; kept fallible).
+    value: Option<HeaderValue>,
+}
+
+impl Client {
+    fn new(peer: SocketAddr) -> Client {
+        let ip = peer.ip().to_string();
+        Client { value: HeaderValue::from_str(&ip).ok(), ip: Arc::from(ip) }
+    }
+}
+
 /// What an edge proxy does to a client's headers: internal `x-envoy-*` headers are not
 /// trusted, the client address is appended to `x-forwarded-for`.
-fn edge_headers(h: &mut http::HeaderMap, ip: &str) {
+fn edge_headers(h: &mut http::HeaderMap, client: &Client) {
     if h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
         let internal: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("x-envoy-")).cloned().collect();
         for k in internal {
             h.remove(k);
         }
     }
-    let Ok(ip_value) = HeaderValue::from_str(ip) else { return };
+    let Some(ip_value) = client.value.clone() else { return };
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {}", client.ip)).ok(),
         _ => Some(ip_value.clone()),
     };
     if let Some(v) = xff {
@@ -109,7 +133,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-envoy-attempt-count", "9".parse().unwrap());
-        edge_headers(&mut h, "127.0.0.1");
+        edge_headers(&mut h, &Client::new("127.0.0.1:5555".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert!(h.get("x-envoy-attempt-count").is_none());
         assert_eq!(h["x-envoy-external-address"], "127.0.0.1");

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 

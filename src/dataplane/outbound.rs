@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode};
-
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};

@@ -66,16 +66,7 @@ impl Flags {
     pub fn add(&mut self, f: Flags) {
         self.0 |= f.0;
     }
-}
 
-impl std::ops::BitOr for Flags {
-    type Output = Flags;
-    fn bitor(self, rhs: Flags) -> Flags {
-        Flags(self.0 | rhs.0)
-    }
-}
-
-impl Flags {
     /// Appends the flags as Envoy prints them (`UF,URX`, `-` when none).
     pub fn push_to(self, out: &mut String) {
         if self.is_empty() {
@@ -92,6 +83,13 @@ impl Flags {
                 first = false;
             }
         }
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
     }
 }
 
