@@ -184,7 +184,7 @@ fn proxy_clusters<'a>(snap: &'a MeshSnapshot, name: &str) -> Option<Vec<&'a Arc<
                     }
                 }
             }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out.sort_by_key(|a| a.name);
             out
         }
     })

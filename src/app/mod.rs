@@ -29,7 +29,7 @@ use crate::identity::tls::Certs;
 use crate::model::snapshot::Shared;
 use crate::supervisor::events::{Events, Lifecycle};
 use crate::supervisor::{self, Supervisor, reaper::Reaper};
-use crate::telemetry::{Telemetry, access_log};
+use crate::telemetry::{Name, Telemetry, access_log};
 
 /// Workload certificates live a day and rotate at half-life, as with Istio's defaults.
 pub const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -102,7 +102,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         events.emit(Lifecycle::Info { message: "the terminal UI is not available yet: running headless".into() });
     }
 
-    let (telemetry, access_rx) = Telemetry::new(16 * 1024);
+    let (telemetry, access_rx) = Telemetry::new(4096);
     let access_log = access_log::spawn(state_dir.join("access.log"), access_rx)?;
 
     // Data plane: worker threads own connections; pools are per worker.
@@ -112,8 +112,8 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     for (index, inst) in topology.instances.iter().enumerate() {
         let tls = certs.identity(&inst.identity)?;
         let forwarder = Forwarder {
-            proxy: Arc::from(inst.name.as_str()),
-            workload: inst.workload.clone(),
+            proxy: Name::new(&inst.name),
+            workload: inst.workload,
             namespace: inst.namespace.clone(),
             labels: inst.labels.clone(),
             tls,
@@ -144,8 +144,8 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     let mut gateways: Vec<Arc<Gateway>> = Vec::new();
     for (gi, gw) in topology.gateways.iter().enumerate() {
         let forwarder = Forwarder {
-            proxy: Arc::from(gw.name.as_str()),
-            workload: Arc::from(gw.name.as_str()),
+            proxy: Name::new(&gw.name),
+            workload: Name::new(&gw.name),
             namespace: gw.namespace.clone(),
             labels: gw.labels.clone(),
             tls: certs.identity(&gw.identity)?,

@@ -203,7 +203,7 @@ fn build_with(mesh: &Mesh, a: &mut impl Alloc) -> Result<Topology> {
                 }
                 instances.push(Arc::new(Instance {
                     name,
-                    workload: Arc::from(w.name.as_str()),
+                    workload: crate::telemetry::Name::new(&w.name),
                     service: si,
                     service_name: svc.name.clone(),
                     namespace: ns.clone(),

@@ -28,7 +28,7 @@ use crate::model::lb::{Lb, fnv1a};
 use crate::model::policy::{Abort, AttemptFailure, Cors, Mirror};
 use crate::model::routes::{self, Action, Forward, RequestView, Route, RouteTable};
 use crate::model::snapshot::MeshSnapshot;
-use crate::telemetry::{Flags, Reporter, RequestEvent, Telemetry, Texts};
+use crate::telemetry::{Flags, Name, Reporter, RequestEvent, Telemetry, Texts};
 
 /// Request bodies up to this size are buffered so retries and mirrors can replay them
 /// (Envoy's default buffer limit); larger or unsized bodies stream and are not retried.
@@ -37,8 +37,8 @@ const MAX_REPLAY_BODY: u64 = 1024 * 1024;
 /// A proxy that sends requests into the mesh.
 pub struct Forwarder {
     /// The instance or gateway name (access log, events).
-    pub proxy: Arc<str>,
-    pub workload: Arc<str>,
+    pub proxy: Name,
+    pub workload: Name,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub tls: Arc<WorkloadTls>,
@@ -58,11 +58,17 @@ pub struct Routing<'a> {
     pub port: u16,
     /// `namespace/name` of the Gateway resource, for gateways.
     pub gateway: Option<&'a str>,
-    /// For the record when no route matches.
-    pub service: &'a str,
+    /// For the record when no route matches: the registry service, or `None` for a host
+    /// outside it (the record's authority names it).
+    pub service: Option<Name>,
     /// What `useSourceIp` hashes: the client address at a gateway, the workload instance in
     /// a sidecar (every instance shares 127.0.0.1).
     pub source: &'a str,
+}
+
+/// The request's path and query, as routes match it.
+fn path_of(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 pub fn protocol_name(v: HttpVersion) -> &'static str {
@@ -161,13 +167,12 @@ impl Forwarder {
         if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut event = self.event(&parts, &path, routing.authority, routing.service);
+        let mut event = self.event(&parts, path_of(&parts.uri), routing.authority, routing.service);
         // An async block, not an `async fn`: its captures are stored once (an `async fn`
         // keeps its arguments beside the locals they are moved into).
         async move {
             let mut extra = Extra::default();
-            let result = self.handle(&routing, &mut parts, &mut body, &path, &mut event, &mut extra).await;
+            let result = self.handle(&routing, &mut parts, &mut body, &mut event, &mut extra).await;
             let mut resp = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -186,13 +191,13 @@ impl Forwarder {
                 splice_upgrade(down, &mut resp);
             }
             event.status = resp.status().as_u16();
-            let telemetry = self.telemetry.clone();
+            let sink = self.telemetry.sink();
             let active = extra.active.take();
             resp.body_mut().on_end(move |o| {
                 drop(active);
                 event.bytes_sent = o.bytes;
                 event.duration_ms = start.elapsed().as_millis() as u64;
-                telemetry.record(event);
+                sink.record(event);
             });
             resp
         }
@@ -204,7 +209,6 @@ impl Forwarder {
         routing: &Routing<'_>,
         parts: &mut Parts,
         body: &mut Body,
-        path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -212,7 +216,7 @@ impl Forwarder {
             method: parts.method.as_str(),
             scheme: "http",
             authority: routing.authority,
-            path: path.as_str(),
+            path: path_of(&parts.uri),
             headers: &parts.headers,
             port: routing.port,
             source_labels: &self.labels,
@@ -222,7 +226,7 @@ impl Forwarder {
         let Some((route, matched)) = routes::find(routing.table, &view) else {
             return Err(ProxyError::NoRoute);
         };
-        event.route_name = Some(route.name.clone());
+        event.route_name = Some(route.name);
         let matched_prefix = matched.and_then(|m| m.matched_prefix());
 
         // CORS: preflights are answered here; other requests get the headers on the way back.
@@ -269,7 +273,7 @@ impl Forwarder {
                 local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone())
             }
             Action::Redirect(r) => {
-                let location = r.location("http", routing.authority, path.as_str(), matched_prefix);
+                let location = r.location("http", routing.authority, path_of(&parts.uri), matched_prefix);
                 let mut resp =
                     local(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -277,9 +281,7 @@ impl Forwarder {
                 }
                 resp
             }
-            Action::Route(fwd) => {
-                self.send(routing, route, fwd, matched_prefix, parts, body, path, event, extra).await?
-            }
+            Action::Route(fwd) => self.send(routing, route, fwd, matched_prefix, parts, body, event, extra).await?,
         };
         route.headers.response.apply(resp.headers_mut());
         if let Some((cors, origin)) = cors_origin {
@@ -305,17 +307,16 @@ impl Forwarder {
         matched_prefix: Option<&str>,
         parts: &mut Parts,
         body: &mut Body,
-        path: &PathAndQuery,
         event: &mut RequestEvent,
         extra: &mut Extra,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let r = if fwd.total_weight > 0 { fastrand::u32(0..fwd.total_weight) } else { 0 };
         let dest = routes::pick_weighted(&fwd.destinations, r).ok_or(ProxyError::NoRoute)?;
         let cluster = &dest.cluster;
-        event.upstream_cluster = Some(cluster.name.clone());
-        event.subset = cluster.subset.clone();
+        event.upstream_cluster = Some(cluster.name);
+        event.subset = cluster.subset;
         if cluster.service.is_some() {
-            event.destination_service = cluster.host.clone();
+            event.destination_service = Some(cluster.host);
         }
         if cluster.missing_subset || (cluster.service.is_none() && cluster.endpoints.is_empty()) {
             return Err(ProxyError::NoCluster);
@@ -326,7 +327,7 @@ impl Forwarder {
         dest.headers.request.apply(&mut parts.headers);
         let mut authority: std::borrow::Cow<'_, str> = std::borrow::Cow::Borrowed(routing.authority);
         if let Some(rw) = &fwd.rewrite {
-            if let Some(new_path) = rw.path(path.as_str(), matched_prefix)
+            if let Some(new_path) = rw.path(path_of(&parts.uri), matched_prefix)
                 && let Ok(pq) = PathAndQuery::try_from(new_path)
             {
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -339,7 +340,9 @@ impl Forwarder {
             }
         }
 
-        let (hash, set_cookie) = match cluster.hash_input(&parts.headers, path.query(), routing.source) {
+        // Hashed after the header operations and rewrites, as Envoy computes the hash once
+        // the route has finalized the request headers.
+        let (hash, set_cookie) = match cluster.hash_input(&parts.headers, parts.uri.query(), routing.source) {
             HashInput::None => (None, None),
             HashInput::Hash(h) => (Some(h), None),
             HashInput::SetCookie { name, path, ttl } => {
@@ -403,7 +406,7 @@ impl Forwarder {
                 *slot = ei;
             }
             let ep = &cluster.endpoints[ei];
-            event.destination_workload = ep.instance.as_ref().map(|i| i.workload.clone());
+            event.destination_workload = ep.instance.as_ref().map(|i| i.workload);
             let last = attempt >= max_attempts;
             parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
             let target = match self.target(cluster, ep, version, &authority, routing.snapshot).await {
@@ -557,12 +560,11 @@ impl Forwarder {
         }
         let body = replay.body();
         let pools = self.pools.get().clone();
-        let telemetry = self.telemetry.clone();
-        let mut event =
-            self.event(&p, p.uri.path_and_query().unwrap_or(&PathAndQuery::from_static("/")), &shadow, &cluster.host);
-        event.upstream_cluster = Some(cluster.name.clone());
-        event.subset = cluster.subset.clone();
-        event.route_name = Some(Arc::from("mirror"));
+        let sink = self.telemetry.sink();
+        let mut event = self.event(&p, path_of(&p.uri), &shadow, Some(cluster.host));
+        event.upstream_cluster = Some(cluster.name);
+        event.subset = cluster.subset;
+        event.route_name = Some(Name::from_static("mirror"));
         event.attempts = 1;
         let version = if cluster.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
         let endpoint = &cluster.endpoints[ei];
@@ -609,18 +611,18 @@ impl Forwarder {
             };
             event.status = status;
             event.duration_ms = start.elapsed().as_millis() as u64;
-            telemetry.record(event);
+            sink.record(event);
         });
     }
 
-    fn event(&self, parts: &Parts, path: &PathAndQuery, authority: &str, service: &str) -> RequestEvent {
+    fn event(&self, parts: &Parts, path: &str, authority: &str, service: Option<Name>) -> RequestEvent {
         RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Source,
-            proxy: self.proxy.clone(),
-            source_workload: self.workload.clone(),
-            source_principal: Some(self.tls.spiffe_arc.clone()),
-            destination_service: Arc::from(service),
+            proxy: self.proxy,
+            source_workload: self.workload,
+            source_principal: Some(self.tls.spiffe_name),
+            destination_service: service,
             destination_workload: None,
             upstream_cluster: None,
             upstream_host: None,
@@ -628,7 +630,7 @@ impl Forwarder {
             subset: None,
             method: parts.method.clone(),
             texts: Texts::new(
-                path.as_str(),
+                path,
                 authority,
                 parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),

@@ -80,7 +80,7 @@ impl Gateway {
                 authority,
                 port: server_port,
                 gateway,
-                service: "",
+                service: None,
                 source: &client.ip,
             };
             self.forwarder.forward(routing, req).await

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version as HttpVersion};
@@ -208,26 +208,18 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     }
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| protocol("bad status"))?;
     let version = if resp.version == Some(0) { HttpVersion::HTTP_10 } else { HttpVersion::HTTP_11 };
-    // Header positions inside `buf`, so the values can share one frozen copy of the head.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Values are copied out of the connection's buffer, not shared with it: a shared slice
+    // costs an atomic reference count taken and released per header, and keeps the buffer
+    // from being reused in place while the response head lives (profile step 13).
     let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        // Offsets fit in u32: every header lies within the head, at most MAX_HEAD bytes.
-        let n = (h.name.as_ptr() as usize - base) as u32;
-        let v = (h.value.as_ptr() as usize - base) as u32;
-        *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
-    }
-    let head = buf.split_to(len).freeze();
     // Room for what the proxy adds on the way back (service time, `server`).
     let mut headers = HeaderMap::with_capacity(count + 3);
     let mut framing = None;
     let mut chunked = false;
     let mut keep_alive = version == HttpVersion::HTTP_11;
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| protocol("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| protocol("bad header value"))?;
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| protocol("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| protocol("bad header value"))?;
         if name == header::CONTENT_LENGTH {
             let n = value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
             match (n, framing) {
@@ -269,6 +261,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     if framing == Framing::UntilClose {
         keep_alive = false;
     }
+    buf.advance(len);
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
 
@@ -413,6 +406,22 @@ impl H1Body {
     }
 }
 
+/// Below this, body bytes are copied out of the connection's buffer rather than shared with
+/// it: a copy of a small chunk costs less than the atomic reference count a shared slice
+/// takes and releases, and leaves the buffer free to be reused in place.
+const COPY_BELOW: usize = 4096;
+
+/// The first `n` buffered bytes, removed from `conn_read`.
+fn take(conn_read: &mut BytesMut, n: usize) -> Bytes {
+    if n < COPY_BELOW {
+        let data = Bytes::copy_from_slice(&conn_read[..n]);
+        conn_read.advance(n);
+        data
+    } else {
+        conn_read.split_to(n).freeze()
+    }
+}
+
 /// Decodes what is buffered; `Ok(None)` asks for more bytes (or, in `State::Done`, ends).
 fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<Bytes>>, BoxError> {
     loop {
@@ -423,7 +432,7 @@ fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<By
                     return Ok(None);
                 }
                 let n = (left as usize).min(conn_read.len());
-                let data = conn_read.split_to(n).freeze();
+                let data = take(conn_read, n);
                 let left = left - n as u64;
                 *state = match (*state, left) {
                     (State::Length(_), 0) => State::Done,
@@ -443,7 +452,7 @@ fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<By
                     .filter(|s| !s.is_empty() && s.len() <= 15)
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .ok_or_else(|| body_error("bad chunk size"))?;
-                let _ = conn_read.split_to(end + 2);
+                conn_read.advance(end + 2);
                 *state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
             }
             State::ChunkEnd => {
@@ -453,14 +462,14 @@ fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<By
                 if &conn_read[..2] != b"\r\n" {
                     return Err(body_error("chunk not followed by CRLF"));
                 }
-                let _ = conn_read.split_to(2);
+                conn_read.advance(2);
                 *state = State::ChunkSize;
             }
             State::Trailers => {
                 let Some(end) = line(conn_read) else {
                     return if conn_read.len() > MAX_HEAD { Err(body_error("trailers too large")) } else { Ok(None) };
                 };
-                let _ = conn_read.split_to(end + 2);
+                conn_read.advance(end + 2);
                 if end == 0 {
                     *state = State::Done;
                 }
@@ -469,7 +478,8 @@ fn decode(state: &mut State, conn_read: &mut BytesMut) -> Result<Option<Frame<By
                 if conn_read.is_empty() {
                     return Ok(None);
                 }
-                return Ok(Some(Frame::data(conn_read.split().freeze())));
+                let n = conn_read.len();
+                return Ok(Some(Frame::data(take(conn_read, n))));
             }
         }
     }
@@ -580,6 +590,24 @@ impl tokio::io::AsyncWrite for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_heads_and_small_bodies_leave_the_connection_buffer_unshared() {
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-served-by: web-1\r\n\r\nhello");
+        let start = buf.as_ptr();
+        let Ok(Some(head)) = parse_head(&mut buf, false) else { panic!("a complete head") };
+        assert_eq!(head.framing, Framing::Length(5));
+        let mut state = State::Length(5);
+        let data = decode(&mut state, &mut buf).unwrap().unwrap().into_data().unwrap();
+        assert_eq!((&data[..], state), (&b"hello"[..], State::Done));
+        // With the head and the body still alive, the buffer is reused in place: nothing
+        // holds a reference into it (a shared slice would force a new allocation here).
+        buf.reserve(1000);
+        assert_eq!(buf.as_ptr(), start);
+        buf.extend_from_slice(b"next");
+        assert_eq!((head.headers["x-served-by"].as_bytes(), &data[..]), (&b"web-1"[..], &b"hello"[..]));
+    }
     use http_body_util::BodyExt;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -144,16 +144,17 @@ pub fn to_upstream(req: Request<Body>, version: Version, authority: &str, scheme
 
 /// `to_upstream` on the request head alone.
 pub fn to_upstream_parts(parts: &mut http::request::Parts, version: Version, authority: &str, scheme: &str) {
-    let pq = |uri: &Uri| uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // The path is moved, not cloned: a clone takes an atomic reference on hyper's buffer.
+    let pq = |uri: &mut Uri| {
+        std::mem::take(uri).into_parts().path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    };
     match version {
         Version::H1 => {
             parts.version = HttpVersion::HTTP_11;
             if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
                 let mut uri = http::uri::Parts::default();
-                uri.path_and_query = Some(pq(&parts.uri));
-                if let Ok(u) = Uri::from_parts(uri) {
-                    parts.uri = u;
-                }
+                uri.path_and_query = Some(pq(&mut parts.uri));
+                parts.uri = Uri::from_parts(uri).unwrap_or_default();
             }
             if !parts.headers.contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(authority)
@@ -166,10 +167,14 @@ pub fn to_upstream_parts(parts: &mut http::request::Parts, version: Version, aut
             let mut uri = http::uri::Parts::default();
             uri.scheme = scheme.parse().ok();
             uri.authority = authority.parse().ok();
-            uri.path_and_query = Some(pq(&parts.uri));
-            if let Ok(u) = Uri::from_parts(uri) {
-                parts.uri = u;
-                parts.headers.remove(header::HOST);
+            let path = pq(&mut parts.uri);
+            uri.path_and_query = Some(path.clone());
+            match Uri::from_parts(uri) {
+                Ok(u) => {
+                    parts.uri = u;
+                    parts.headers.remove(header::HOST);
+                }
+                Err(_) => parts.uri = Uri::from(path),
             }
         }
     }

@@ -23,7 +23,7 @@ use super::pool::{self, Pools, Target, Version};
 use super::workers::{PerWorker, Workers};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
 use crate::model::topology::{Instance, InstancePort};
-use crate::telemetry::{Reporter, RequestEvent, Telemetry, Texts};
+use crate::telemetry::{Name, Reporter, RequestEvent, Telemetry, Texts};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP port waits for a client's first bytes.
@@ -38,7 +38,7 @@ pub struct Peer {
 #[derive(Clone, Debug)]
 pub struct PeerTls {
     /// The client's SPIFFE ID (`source.principal`).
-    pub spiffe: Option<Arc<str>>,
+    pub spiffe: Option<Name>,
     /// The `x-forwarded-client-cert` this connection's requests carry to the application,
     /// built once per connection.
     pub xfcc: Option<HeaderValue>,
@@ -46,7 +46,7 @@ pub struct PeerTls {
 
 impl PeerTls {
     /// `cert_hash`: the client certificate's SHA-256; `by`: this workload's SPIFFE ID.
-    pub fn new(spiffe: Option<Arc<str>>, cert_hash: &str, by: &str) -> PeerTls {
+    pub fn new(spiffe: Option<Name>, cert_hash: &str, by: &str) -> PeerTls {
         let uri = spiffe.as_deref().unwrap_or("");
         let xfcc = HeaderValue::from_str(&format!("By={by};Hash={cert_hash};Subject=\"\";URI={uri}")).ok();
         PeerTls { spiffe, xfcc }
@@ -55,19 +55,19 @@ impl PeerTls {
 
 /// Names every record of this listener shares.
 pub struct Names {
-    pub proxy: Arc<str>,
-    pub service: Arc<str>,
-    pub cluster: Arc<str>,
-    pub unknown: Arc<str>,
+    pub proxy: Name,
+    pub service: Name,
+    pub cluster: Name,
+    pub unknown: Name,
 }
 
 impl Names {
     pub fn new(instance: &Instance, port: &InstancePort) -> Names {
         Names {
-            proxy: Arc::from(instance.name.as_str()),
-            service: Arc::from(instance.service_name.as_str()),
-            cluster: Arc::from(format!("inbound|{}||", port.port)),
-            unknown: Arc::from("unknown"),
+            proxy: Name::new(&instance.name),
+            service: Name::new(&instance.service_name),
+            cluster: Name::new(&format!("inbound|{}||", port.port)),
+            unknown: Name::from_static("unknown"),
         }
     }
 }
@@ -113,7 +113,7 @@ impl Inbound {
                 let cert = conn.peer_certificates().and_then(|c| c.first());
                 let peer = Peer {
                     tls: Some(PeerTls::new(
-                        cert.and_then(spiffe_of).map(Arc::from),
+                        cert.and_then(spiffe_of).map(|s| Name::new(&s)),
                         &cert.map(cert_hash).unwrap_or_default(),
                         &self.tls.spiffe,
                     )),
@@ -205,12 +205,12 @@ impl Inbound {
         let mut event = RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Destination,
-            proxy: self.names.proxy.clone(),
-            source_workload: self.names.unknown.clone(),
-            source_principal: peer.tls.as_ref().and_then(|t| t.spiffe.clone()),
-            destination_service: self.names.service.clone(),
-            destination_workload: Some(self.instance.workload.clone()),
-            upstream_cluster: Some(self.names.cluster.clone()),
+            proxy: self.names.proxy,
+            source_workload: self.names.unknown,
+            source_principal: peer.tls.as_ref().and_then(|t| t.spiffe),
+            destination_service: Some(self.names.service),
+            destination_workload: Some(self.instance.workload),
+            upstream_cluster: Some(self.names.cluster),
             upstream_host: Some(self.port.app),
             route_name: None,
             subset: None,
@@ -237,7 +237,7 @@ impl Inbound {
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
         let send = self.pools.get().send(&target, upstream);
-        let telemetry = self.telemetry.clone();
+        let sink = self.telemetry.sink();
         async move {
             let mut resp = match send.await {
                 Ok(mut r) => {
@@ -262,7 +262,7 @@ impl Inbound {
             resp.body_mut().on_end(move |o| {
                 event.bytes_sent = o.bytes;
                 event.duration_ms = start.elapsed().as_millis() as u64;
-                telemetry.record(event);
+                sink.record(event);
             });
             resp
         }

@@ -210,7 +210,7 @@ impl Outbound {
                     let Some(table) = snap.mesh_routes.get(&(si, port)) else {
                         return ProxyError::NoRoute.response();
                     };
-                    let service = snap.registry.get(si).map_or("", |s| s.host.as_str());
+                    let service = snap.registry.get(si).map(|s| s.name);
                     Routing {
                         snapshot: &snap,
                         table,
@@ -226,26 +226,23 @@ impl Outbound {
                     // `*_SERVICE_HOST` address does not loop back into this sidecar.
                     let host = snap.registry.get(si).map_or("", |s| s.host.as_str());
                     hidden_authority = format!("{host}:{port}");
-                    self.outside(&snap, &hidden_authority, (host, port))
+                    let mut r = self.outside(&snap, &hidden_authority, port);
+                    r.service = snap.registry.get(si).map(|s| s.name);
+                    r
                 }
-                Dest::Unknown => self.outside(&snap, authority, (split.0, split.1.unwrap_or(80))),
+                Dest::Unknown => self.outside(&snap, authority, split.1.unwrap_or(80)),
             };
             self.forwarder.forward(routing, req).await
         }
     }
 
     /// A host outside what the instance may see: PassthroughCluster or BlackHoleCluster.
-    fn outside<'a>(
-        &'a self,
-        snap: &'a MeshSnapshot,
-        authority: &'a str,
-        (service, port): (&'a str, u16),
-    ) -> Routing<'a> {
+    fn outside<'a>(&'a self, snap: &'a MeshSnapshot, authority: &'a str, port: u16) -> Routing<'a> {
         let table = match self.mode(snap) {
             OutboundMode::RegistryOnly => &snap.blackhole,
             OutboundMode::AllowAny => &snap.passthrough,
         };
-        Routing { snapshot: snap, table, authority, port, gateway: None, service, source: &self.instance.name }
+        Routing { snapshot: snap, table, authority, port, gateway: None, service: None, source: &self.instance.name }
     }
 
     /// `CONNECT host:port`: registry services are routed (HTTP inside by their HTTP routes,

@@ -121,8 +121,8 @@ impl ServerCertVerifier for MeshServerVerifier {
 /// TLS material for one SPIFFE identity.
 pub struct WorkloadTls {
     pub spiffe: String,
-    /// The same, shared by request records.
-    pub spiffe_arc: Arc<str>,
+    /// The same, as request records carry it.
+    pub spiffe_name: crate::telemetry::Name,
     slot: Arc<CertSlot>,
     not_after: Mutex<SystemTime>,
     /// Inbound: mTLS, client certificate required, ALPN h2 / http/1.1 / istio (TCP).
@@ -220,7 +220,7 @@ impl Certs {
         };
         let tls = Arc::new(WorkloadTls {
             spiffe: spiffe.to_string(),
-            spiffe_arc: Arc::from(spiffe),
+            spiffe_name: crate::telemetry::Name::new(spiffe),
             slot: slot.clone(),
             not_after: Mutex::new(not_after),
             server: Arc::new(server),

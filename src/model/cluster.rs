@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::lb::{HashKey, Lb, fnv1a};
 use super::topology::Instance;
 use crate::config::mesh::Protocol;
+use crate::telemetry::Name;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ClusterKey {
@@ -101,11 +102,11 @@ pub struct Cluster {
     /// `outbound|9080|v1|reviews.default.svc.cluster.local`, and the host and subset, shared
     /// by every request's record instead of formatted per request.
     #[serde(skip)]
-    pub name: Arc<str>,
+    pub name: Name,
     #[serde(skip)]
-    pub host: Arc<str>,
+    pub host: Name,
     #[serde(skip)]
-    pub subset: Option<Arc<str>>,
+    pub subset: Option<Name>,
     /// Index of the service in the registry, when the host is known.
     pub service: Option<usize>,
     pub protocol: Protocol,
@@ -143,9 +144,9 @@ impl Cluster {
         transport: Transport,
     ) -> Self {
         Cluster {
-            name: Arc::from(key.to_string()),
-            host: Arc::from(key.host.as_str()),
-            subset: key.subset.as_deref().map(Arc::from),
+            name: Name::new(&key.to_string()),
+            host: Name::new(&key.host),
+            subset: key.subset.as_deref().map(Name::new),
             key,
             service,
             protocol,
@@ -271,7 +272,7 @@ pub(crate) mod tests {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let i = Instance {
             name: name.into(),
-            workload: Arc::from(name),
+            workload: Name::new(name),
             service: 0,
             service_name: "svc".into(),
             namespace: "default".into(),

@@ -25,6 +25,9 @@ pub struct Registry {
 pub struct RegService {
     /// `reviews.default.svc.cluster.local`, or the ServiceEntry host as written (`*.example.com`).
     pub host: String,
+    /// The same, as request records carry it.
+    #[serde(skip)]
+    pub name: crate::telemetry::Name,
     pub namespace: String,
     pub ports: Vec<RegPort>,
     /// Namespaces the service is visible to (`exportTo`); empty: everywhere.
@@ -113,6 +116,7 @@ impl Registry {
             .enumerate()
             .map(|(i, s)| RegService {
                 host: s.fqdn.clone(),
+                name: crate::telemetry::Name::new(&s.fqdn),
                 namespace: s.namespace.clone(),
                 ports: s
                     .ports
@@ -203,6 +207,7 @@ fn add_service_entry(
             }
         }
         services.push(RegService {
+            name: crate::telemetry::Name::new(&host),
             host,
             namespace: ns.clone(),
             ports: ports.clone(),

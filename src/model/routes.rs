@@ -344,7 +344,7 @@ pub struct RouteOrigin {
 pub struct Route {
     /// `namespace/vs#name` or `namespace/vs#index` (access logs).
     #[serde(skip)]
-    pub name: Arc<str>,
+    pub name: crate::telemetry::Name,
     pub origin: RouteOrigin,
     /// OR-ed; empty matches every request.
     #[serde(rename = "match")]
@@ -371,7 +371,7 @@ impl RouteOrigin {
 impl Route {
     pub fn new(origin: RouteOrigin, matches: Vec<RequestMatch>, action: Action) -> Route {
         Route {
-            name: Arc::from(origin.display_name()),
+            name: crate::telemetry::Name::new(&origin.display_name()),
             origin,
             matches,
             action,

@@ -120,7 +120,14 @@ mod tests {
     use crate::model::registry::{RegKind, RegService};
 
     fn svc(host: &str, ns: &str) -> RegService {
-        RegService { host: host.into(), namespace: ns.into(), ports: vec![], export_to: vec![], kind: RegKind::Mesh(0) }
+        RegService {
+            host: host.into(),
+            name: crate::telemetry::Name::new(host),
+            namespace: ns.into(),
+            ports: vec![],
+            export_to: vec![],
+            kind: RegKind::Mesh(0),
+        }
     }
 
     #[test]

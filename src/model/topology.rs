@@ -42,7 +42,7 @@ pub struct Instance {
     /// `reviews-v1`, or `reviews-v1-2` for the second replica.
     pub name: String,
     /// The workload (deployment) this is an instance of: `reviews-v1`.
-    pub workload: std::sync::Arc<str>,
+    pub workload: crate::telemetry::Name,
     /// Index into `Topology::services`.
     pub service: usize,
     pub service_name: String,

@@ -96,7 +96,7 @@ mod tests {
         };
         let instance = Instance {
             name: "productpage-v1".into(),
-            workload: Arc::from("productpage-v1"),
+            workload: crate::telemetry::Name::new("productpage-v1"),
             service: 0,
             service_name: "productpage".into(),
             namespace: "default".into(),

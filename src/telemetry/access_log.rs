@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
-
-use super::RequestEvent;
+use super::{Events, RequestEvent};
 
 /// `2026-11-21T20:30:00.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
@@ -111,10 +109,11 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
     out.push_str(if e.mtls { "mtls\n" } else { "plaintext\n" });
 }
 
-/// Writes events to `path` on a thread of its own until every sender is gone. It drains the
-/// queue every 100 ms instead of being woken per event, so recording a request costs the
-/// proxy one non-blocking queue push and no cross-thread wakeup.
-pub fn spawn(path: PathBuf, mut rx: mpsc::Receiver<RequestEvent>) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// Writes events to `path` on a thread of its own until every [`super::Telemetry`] handle is
+/// gone. It drains the recording threads' rings every 100 ms, or every 5 ms while a ring is
+/// filling fast, instead of being woken per event: recording a request costs the proxy one
+/// push onto its own thread's ring and no cross-thread wakeup.
+pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("devmesh-access-log".into()).spawn(move || {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
         let mut file = match file {
@@ -126,28 +125,23 @@ pub fn spawn(path: PathBuf, mut rx: mpsc::Receiver<RequestEvent>) -> std::io::Re
         };
         let mut batch = String::with_capacity(64 * 1024);
         let mut clock = Clock::default();
+        let busy = events.capacity() / 8;
         loop {
-            let mut closed = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(e) => {
-                        format_into(&mut batch, &e, &mut clock);
-                        if batch.len() > 60 * 1024 {
-                            flush(&mut file, &mut batch, &path);
-                        }
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+            // Checked before draining: every event recorded before the last handle went is
+            // in a ring by now, so this drain is the final one.
+            let closed = events.closed();
+            let n = events.drain(|e| {
+                format_into(&mut batch, &e, &mut clock);
+                if batch.len() > 60 * 1024 {
+                    flush(&mut file, &mut batch, &path);
                 }
-            }
+            });
             flush(&mut file, &mut batch, &path);
             if closed {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            let pause = if n > busy { 5 } else { 100 };
+            std::thread::sleep(std::time::Duration::from_millis(pause));
         }
     })
 }
@@ -169,35 +163,10 @@ fn flush(file: &mut Option<std::io::BufWriter<std::fs::File>>, batch: &mut Strin
 mod tests {
     use super::*;
     use crate::telemetry::flags::Flags;
-    use crate::telemetry::{Reporter, Texts};
-    use std::sync::Arc;
+    use crate::telemetry::{Name, Reporter};
 
     fn event() -> RequestEvent {
-        let h = |s: &'static str| http::HeaderValue::from_static(s);
-        RequestEvent {
-            ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_042),
-            reporter: Reporter::Source,
-            proxy: Arc::from("productpage-v1"),
-            source_workload: Arc::from("productpage-v1"),
-            source_principal: None,
-            destination_service: Arc::from("reviews.default.svc.cluster.local"),
-            destination_workload: Some(Arc::from("reviews-v2")),
-            upstream_cluster: Some(Arc::from("outbound|9080|v2|reviews.default.svc.cluster.local")),
-            upstream_host: Some("127.0.0.1:41234".parse().unwrap()),
-            route_name: None,
-            subset: Some(Arc::from("v2")),
-            method: http::Method::GET,
-            texts: Texts::new("/reviews/0", "reviews:9080", Some(&h("a1b2")), None),
-            protocol: "HTTP/1.1",
-            status: 200,
-            response_flags: Flags::default(),
-            duration_ms: 12,
-            upstream_service_time_ms: Some(11),
-            bytes_sent: 358,
-            bytes_received: 0,
-            attempts: 1,
-            mtls: true,
-        }
+        crate::telemetry::test_event()
     }
 
     #[test]
@@ -218,7 +187,7 @@ mod tests {
         e.upstream_service_time_ms = None;
         e.upstream_host = None;
         e.upstream_cluster = None;
-        e.route_name = Some(Arc::from("default"));
+        e.route_name = Some(Name::new("default"));
         e.mtls = false;
         e.status = 503;
         e.bytes_received = 18_446_744_073_709_551_615;

@@ -1,19 +1,21 @@
-//! Telemetry: one `RequestEvent` per proxied request and hop, handed to a bounded channel on
-//! the hot path (never blocking; drops are counted) and written to `<state-dir>/access.log`.
+//! Telemetry: one `RequestEvent` per proxied request and hop, queued on the recording thread's
+//! own ring on the hot path (never blocking; drops are counted) and written to
+//! `<state-dir>/access.log` by the telemetry thread.
 
 pub mod access_log;
 pub mod flags;
+pub mod name;
+pub mod queue;
 
 pub use flags::Flags;
+pub use name::Name;
+pub use queue::{Events, Telemetry};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::{HeaderValue, Method};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 /// Which proxy saw the request (Istio's `reporter` label; the gateway reports as source).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -23,7 +25,7 @@ pub enum Reporter {
     Destination,
 }
 
-/// One request as one proxy saw it. Names come from the compiled snapshot (shared); the
+/// One request as one proxy saw it. Names are interned ([`Name`]: copied, not counted); the
 /// request's own texts are copied into one small allocation ([`Texts`]), because header values
 /// shared with hyper would keep whole connection read buffers alive while records queue.
 #[derive(Clone, Debug, Serialize)]
@@ -32,15 +34,16 @@ pub struct RequestEvent {
     pub ts: SystemTime,
     pub reporter: Reporter,
     /// The proxy that reported it: a workload instance or a gateway.
-    pub proxy: Arc<str>,
-    pub source_workload: Arc<str>,
-    pub source_principal: Option<Arc<str>>,
-    pub destination_service: Arc<str>,
-    pub destination_workload: Option<Arc<str>>,
-    pub upstream_cluster: Option<Arc<str>>,
+    pub proxy: Name,
+    pub source_workload: Name,
+    pub source_principal: Option<Name>,
+    /// `None`: a host outside the registry, named by the authority.
+    pub destination_service: Option<Name>,
+    pub destination_workload: Option<Name>,
+    pub upstream_cluster: Option<Name>,
     pub upstream_host: Option<SocketAddr>,
-    pub route_name: Option<Arc<str>>,
-    pub subset: Option<Arc<str>>,
+    pub route_name: Option<Name>,
+    pub subset: Option<Name>,
     #[serde(serialize_with = "ser_display")]
     pub method: Method,
     #[serde(flatten)]
@@ -126,28 +129,33 @@ fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Resul
     s.collect_str(v)
 }
 
-/// The hot-path handle: `record` never waits.
-#[derive(Clone)]
-pub struct Telemetry {
-    tx: mpsc::Sender<RequestEvent>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl Telemetry {
-    pub fn new(capacity: usize) -> (Telemetry, mpsc::Receiver<RequestEvent>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Telemetry { tx, dropped: Arc::new(AtomicU64::new(0)) }, rx)
-    }
-
-    pub fn record(&self, e: RequestEvent) {
-        if self.tx.try_send(e).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Events dropped because the writer fell behind (the hot path never waits).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+/// A complete record for tests.
+#[cfg(test)]
+pub(crate) fn test_event() -> RequestEvent {
+    let h = |s: &'static str| HeaderValue::from_static(s);
+    RequestEvent {
+        ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_042),
+        reporter: Reporter::Source,
+        proxy: Name::new("productpage-v1"),
+        source_workload: Name::new("productpage-v1"),
+        source_principal: None,
+        destination_service: Some(Name::new("reviews.default.svc.cluster.local")),
+        destination_workload: Some(Name::new("reviews-v2")),
+        upstream_cluster: Some(Name::new("outbound|9080|v2|reviews.default.svc.cluster.local")),
+        upstream_host: Some(SocketAddr::from(([127, 0, 0, 1], 41234))),
+        route_name: None,
+        subset: Some(Name::new("v2")),
+        method: Method::GET,
+        texts: Texts::new("/reviews/0", "reviews:9080", Some(&h("a1b2")), None),
+        protocol: "HTTP/1.1",
+        status: 200,
+        response_flags: Flags::default(),
+        duration_ms: 12,
+        upstream_service_time_ms: Some(11),
+        bytes_sent: 358,
+        bytes_received: 0,
+        attempts: 1,
+        mtls: true,
     }
 }
 

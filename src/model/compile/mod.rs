@@ -222,7 +222,7 @@ fn passthrough_table() -> RouteTable {
     let cluster = Arc::new(Cluster::new(key, None, Protocol::Unknown, vec![ep], Lb::RoundRobin, Transport::Plaintext));
     let mut route = default_route(cluster);
     route.origin.name = Some("allow_any".into());
-    route.name = Arc::from("allow_any");
+    route.name = crate::telemetry::Name::from_static("allow_any");
     if let Action::Route(f) = &mut route.action {
         f.retry = RetryPolicy::none();
     }
