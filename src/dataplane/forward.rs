@@ -121,7 +121,7 @@ struct Extra {
 /// (`parts` is then left empty, and `taken` set).
 async fn attempt_once(
     pools: &Pools,
-    target: &Target,
+    target: &Target<'_>,
     complete: bool,
     last: bool,
     (parts, taken): (&mut Parts, &mut bool),
@@ -522,16 +522,16 @@ impl Forwarder {
     }
 
     /// Where and how to connect to an endpoint.
-    async fn target(
-        &self,
+    async fn target<'a>(
+        &'a self,
         cluster: &Cluster,
-        ep: &Endpoint,
+        ep: &'a Endpoint,
         version: Version,
         authority: &str,
         snapshot: &MeshSnapshot,
-    ) -> Result<Target, ProxyError> {
+    ) -> Result<Target<'a>, ProxyError> {
         let mtls = match (&cluster.transport, &ep.instance) {
-            (Transport::IstioMutual, Some(i)) => Some((self.tls.clone(), i.identity.clone())),
+            (Transport::IstioMutual, Some(i)) => Some((&self.tls, &i.identity)),
             _ => None,
         };
         let addr = match &ep.address {
@@ -586,7 +586,7 @@ impl Forwarder {
             };
             event.upstream_host = Some(addr);
             event.mtls = mtls.is_some();
-            let target = Target { addr, version, mtls };
+            let target = Target { addr, version, mtls: mtls.as_ref().map(|(t, i)| (t, i)) };
             let req = headers::to_upstream(Request::from_parts(p, body), version, &shadow, "http");
             let result = tokio::time::timeout(Duration::from_secs(30), pools.send(&target, req)).await;
             let status = match result {

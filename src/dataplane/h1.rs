@@ -12,9 +12,11 @@
 //! means nothing to the client, and `expect` is not forwarded, as Envoy does by default).
 //! Chunked trailers are read and dropped.
 
+use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
@@ -26,6 +28,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
+use super::addr_map::AddrMap;
 use super::body::{Body, BoxError, ProxyBody};
 use super::error::ProxyError;
 use super::pool::Stream;
@@ -265,30 +268,75 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
 
-/// The idle connections to one endpoint (most recently used last).
-#[derive(Default)]
+/// Names one idle list: a pool set (a proxy's, see `pool.rs`), an endpoint, a transport.
+/// The lists themselves are per thread, as Envoy's connection pools are per worker: a
+/// connection is taken and returned by the worker that runs the request, with no lock and
+/// no atomic reference count (profile step 13 in docs/PERFORMANCE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Idle {
-    conns: Mutex<Vec<(Box<Conn>, Instant)>>,
+    owner: u64,
+    addr: SocketAddr,
+    mtls: bool,
+}
+
+type IdleConns = Vec<(Box<Conn>, Instant)>;
+
+thread_local! {
+    static IDLE: RefCell<AddrMap<Idle, IdleConns>> = RefCell::new(AddrMap::default());
 }
 
 impl Idle {
-    fn take(&self, max_idle: std::time::Duration) -> Option<Box<Conn>> {
-        let mut conns = self.conns.lock().ok()?;
-        while let Some((mut c, since)) = conns.pop() {
-            if since.elapsed() < max_idle && c.usable() {
-                return Some(c);
-            }
-        }
-        None
+    /// The list of `owner`'s connections to `addr` (plain or mTLS).
+    pub fn of(owner: u64, addr: SocketAddr, mtls: bool) -> Idle {
+        Idle { owner, addr, mtls }
     }
 
-    fn put(&self, conn: Box<Conn>) {
-        if let Ok(mut conns) = self.conns.lock()
-            && conns.len() < MAX_IDLE
-        {
-            conns.push((conn, Instant::now()));
-        }
+    /// A list no other pool set shares.
+    #[cfg(test)]
+    pub fn unique() -> Idle {
+        Idle::of(owner_id(), SocketAddr::from(([0, 0, 0, 0], 0)), false)
     }
+
+    /// The most recently used connection that is still usable; stale ones are closed.
+    fn take(self, max_idle: std::time::Duration) -> Option<Box<Conn>> {
+        let mut stale = Vec::new();
+        let found = IDLE
+            .try_with(|m| {
+                let mut m = m.try_borrow_mut().ok()?;
+                let conns = m.get_mut(&self)?;
+                while let Some((mut c, since)) = conns.pop() {
+                    if since.elapsed() < max_idle && c.usable() {
+                        return Some(c);
+                    }
+                    stale.push(c);
+                }
+                None
+            })
+            .ok()
+            .flatten();
+        // Closed outside the borrow: dropping a connection runs no code of ours, but keep
+        // the map's borrow as short as possible.
+        drop(stale);
+        found
+    }
+
+    /// Back to this thread's list (closed instead when the list is full or the thread ends).
+    fn put(self, conn: Box<Conn>) {
+        let _ = IDLE.try_with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                let conns = m.entry(self).or_default();
+                if conns.len() < MAX_IDLE {
+                    conns.push((conn, Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+/// A new owner id for [`Idle::of`]: one per pool set.
+pub fn owner_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Sends a request whose body is complete (see `eligible`) over a pooled connection of
@@ -296,7 +344,7 @@ impl Idle {
 /// to have been closed before anything came back is replaced, for idempotent methods (as
 /// browsers and Go's transport do), up to three times.
 pub async fn send<F, Fut>(
-    idle: &Arc<Idle>,
+    idle: Idle,
     max_idle: std::time::Duration,
     parts: &Parts,
     data: &[u8],
@@ -323,12 +371,8 @@ where
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
                 *resp.headers_mut() = head.headers;
-                let body = H1Body {
-                    conn: Some(conn),
-                    state: State::start(head.framing),
-                    keep_alive: head.keep_alive,
-                    idle: idle.clone(),
-                };
+                let body =
+                    H1Body { conn: Some(conn), state: State::start(head.framing), keep_alive: head.keep_alive, idle };
                 if body.state == State::Done {
                     body.release();
                 } else {
@@ -377,7 +421,7 @@ pub struct H1Body {
     conn: Option<Box<Conn>>,
     state: State,
     keep_alive: bool,
-    idle: Arc<Idle>,
+    idle: Idle,
 }
 
 fn body_error(what: &'static str) -> BoxError {
@@ -609,8 +653,8 @@ mod tests {
         assert_eq!((head.headers["x-served-by"].as_bytes(), &data[..]), (&b"web-1"[..], &b"hello"[..]));
     }
     use http_body_util::BodyExt;
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -702,7 +746,7 @@ mod tests {
     }
 
     async fn call(
-        idle: &Arc<Idle>,
+        idle: Idle,
         addr: SocketAddr,
         method: Method,
         body: Body,
@@ -721,11 +765,11 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
-        let (status, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let idle = Idle::unique();
+        let (status, headers, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
         assert_eq!(headers["x-a"], "1");
-        let (status, _, body) = call(&idle, up.addr, Method::POST, Body::full("payload")).await.unwrap();
+        let (status, _, body) = call(idle, up.addr, Method::POST, Body::full("payload")).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"ok"[..]));
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "keep-alive: one connection for both");
         let reqs = up.requests.lock().unwrap().clone();
@@ -741,11 +785,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ncontent-length: 99\r\n\r\n0\r\n\r\n",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
-        let (_, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let idle = Idle::unique();
+        let (_, headers, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!(&body[..], b"hello world");
         assert_eq!(headers["transfer-encoding"], "chunked", "the forwarder strips hop-by-hop headers, not the codec");
-        let (_, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let (_, headers, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert!(body.is_empty());
         assert!(!headers.contains_key("content-length"), "chunked wins over a content-length, which goes");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "a cleanly ended chunked body keeps the connection");
@@ -759,17 +803,17 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
-        let (status, _, body) = call(&idle, up.addr, Method::DELETE, Body::Empty).await.unwrap();
+        let idle = Idle::unique();
+        let (status, _, body) = call(idle, up.addr, Method::DELETE, Body::Empty).await.unwrap();
         assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
         // HEAD: the content-length describes a body that is not sent.
-        let (status, headers, body) = call(&idle, up.addr, Method::HEAD, Body::Empty).await.unwrap();
+        let (status, headers, body) = call(idle, up.addr, Method::HEAD, Body::Empty).await.unwrap();
         assert_eq!((status, body.len()), (StatusCode::OK, 0));
         assert_eq!(headers["content-length"], "1000");
         let mut parts_expect = request(Method::PUT, "/", Body::full("abc"));
         parts_expect.0.headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         let addr = up.addr;
-        let resp = send(&idle, Duration::from_secs(60), &parts_expect.0, body_bytes(&parts_expect.1), || dial(addr))
+        let resp = send(idle, Duration::from_secs(60), &parts_expect.0, body_bytes(&parts_expect.1), || dial(addr))
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "the 100 Continue was skipped");
@@ -784,10 +828,10 @@ mod tests {
         let up =
             raw(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the endCLOSE", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])
                 .await;
-        let idle = Arc::new(Idle::default());
-        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let idle = Idle::unique();
+        let (_, _, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!(&body[..], b"until the end");
-        let (_, _, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let (_, _, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!(&body[..], b"ok");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
@@ -800,9 +844,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
+        let idle = Idle::unique();
         for expect in [b"a", b"b", b"c"] {
-            let (_, _, body) = call(&idle, up.addr, Method::POST, Body::full("x")).await.unwrap();
+            let (_, _, body) = call(idle, up.addr, Method::POST, Body::full("x")).await.unwrap();
             assert_eq!(&body[..], expect);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -820,11 +864,11 @@ mod tests {
             b"CLOSE",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
-        assert_eq!(&call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"a");
-        assert_eq!(&call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"b");
+        let idle = Idle::unique();
+        assert_eq!(&call(idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"a");
+        assert_eq!(&call(idle, up.addr, Method::GET, Body::Empty).await.unwrap().2[..], b"b");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
-        match call(&idle, up.addr, Method::POST, Body::full("once")).await {
+        match call(idle, up.addr, Method::POST, Body::full("once")).await {
             Err(e) => assert_eq!(e.flag().to_string(), "UC"),
             Ok(r) => panic!("a POST was replayed: {:?}", r.0),
         }
@@ -841,9 +885,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nCLOSE",
         ])
         .await;
-        let idle = Arc::new(Idle::default());
+        let idle = Idle::unique();
         for _ in 0..3 {
-            match call(&idle, up.addr, Method::GET, Body::Empty).await {
+            match call(idle, up.addr, Method::GET, Body::Empty).await {
                 Err(e) => {
                     assert_eq!(e.flag().to_string(), "UC");
                     assert!(e.to_string().contains("protocol error"), "{e}");
@@ -854,7 +898,7 @@ mod tests {
         for _ in 0..2 {
             let (parts, body) = request(Method::GET, "/", Body::Empty);
             let addr = up.addr;
-            let resp = send(&idle, Duration::from_secs(60), &parts, body_bytes(&body), || dial(addr)).await.unwrap();
+            let resp = send(idle, Duration::from_secs(60), &parts, body_bytes(&body), || dial(addr)).await.unwrap();
             assert!(resp.into_body().collect().await.is_err(), "a truncated or malformed body is an error");
         }
     }
@@ -866,12 +910,12 @@ mod tests {
         let up =
             raw(vec![Box::leak(big.into_bytes().into_boxed_slice()), Box::leak(fits.into_bytes().into_boxed_slice())])
                 .await;
-        let idle = Arc::new(Idle::default());
-        match call(&idle, up.addr, Method::GET, Body::Empty).await {
+        let idle = Idle::unique();
+        match call(idle, up.addr, Method::GET, Body::Empty).await {
             Err(e) => assert!(e.to_string().contains("response headers too large"), "{e}"),
             Ok(r) => panic!("accepted a 61 KiB head: {:?}", r.0),
         }
-        let (status, headers, body) = call(&idle, up.addr, Method::GET, Body::Empty).await.unwrap();
+        let (status, headers, body) = call(idle, up.addr, Method::GET, Body::Empty).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
         assert_eq!(headers["x-big"].len(), 59 * 1024);
     }
@@ -901,10 +945,10 @@ mod tests {
             answers.push(Box::leak(a.into_boxed_slice()));
         }
         let up = raw(answers).await;
-        let idle = Arc::new(Idle::default());
+        let idle = Idle::unique();
         let mut outcomes = (0, 0);
         for _ in 0..150 {
-            match tokio::time::timeout(Duration::from_secs(5), call(&idle, up.addr, Method::GET, Body::Empty)).await {
+            match tokio::time::timeout(Duration::from_secs(5), call(idle, up.addr, Method::GET, Body::Empty)).await {
                 Ok(Ok(_)) => outcomes.0 += 1,
                 Ok(Err(_)) => outcomes.1 += 1,
                 Err(_) => panic!("an exchange hung on a mangled answer"),
@@ -916,9 +960,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_a_connect_failure_from_the_connector() {
-        let idle = Arc::new(Idle::default());
+        let idle = Idle::unique();
         let (parts, body) = request(Method::GET, "/", Body::Empty);
-        let r = send(&idle, Duration::from_secs(60), &parts, body_bytes(&body), || async {
+        let r = send(idle, Duration::from_secs(60), &parts, body_bytes(&body), || async {
             Err(ProxyError::ConnectFailed("delayed connect error: 111".into()))
         })
         .await;

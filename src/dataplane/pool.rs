@@ -27,13 +27,21 @@ pub enum Version {
     H2,
 }
 
-/// How to reach an upstream.
-#[derive(Clone)]
-pub struct Target {
+/// How to reach an upstream. Borrowed from the configuration for the request's lifetime:
+/// taking reference counts on shared identities would cost every request an atomic on a
+/// cache line all workers write.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
     pub addr: SocketAddr,
     pub version: Version,
     /// mTLS: our identity and the SPIFFE ID the peer must present.
-    pub mtls: Option<(Arc<WorkloadTls>, Arc<str>)>,
+    pub mtls: Option<(&'a Arc<WorkloadTls>, &'a Arc<str>)>,
+}
+
+impl Target<'_> {
+    fn mtls(&self) -> Option<(&WorkloadTls, &str)> {
+        self.mtls.map(|(t, e)| (t.as_ref(), e.as_ref()))
+    }
 }
 
 /// A connected byte stream: plain or mTLS.
@@ -81,19 +89,25 @@ struct Idle {
     since: Instant,
 }
 
-/// The connections to one endpoint.
+/// hyper's connections to one endpoint (streamed bodies, upgrades, HTTP/2).
 struct Pool {
-    target: Target,
+    addr: SocketAddr,
+    mtls: Option<(Arc<WorkloadTls>, Arc<str>)>,
     idle: Mutex<Vec<Idle>>,
-    /// Connections of the in-task HTTP/1.1 client (`h1.rs`).
-    fast: Arc<h1::Idle>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
-/// All upstream pools of one proxy (a sidecar direction or a gateway).
-#[derive(Default)]
+/// All upstream pools of one proxy (a sidecar direction or a gateway), one per worker. The
+/// in-task client's connections live in per-thread lists named by `id` (`h1::Idle`).
 pub struct Pools {
+    id: u64,
     pools: RwLock<AddrMap<(SocketAddr, Version, bool), Arc<Pool>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools { id: h1::owner_id(), pools: RwLock::default() }
+    }
 }
 
 impl Pools {
@@ -101,7 +115,7 @@ impl Pools {
         Self::default()
     }
 
-    fn pool(&self, target: &Target) -> Arc<Pool> {
+    fn pool(&self, target: &Target<'_>) -> Arc<Pool> {
         let key = (target.addr, target.version, target.mtls.is_some());
         if let Ok(map) = self.pools.read()
             && let Some(p) = map.get(&key)
@@ -115,9 +129,9 @@ impl Pools {
         map.entry(key)
             .or_insert_with(|| {
                 Arc::new(Pool {
-                    target: target.clone(),
+                    addr: target.addr,
+                    mtls: target.mtls.map(|(t, e)| (t.clone(), e.clone())),
                     idle: Mutex::new(Vec::new()),
-                    fast: Arc::default(),
                     h2: tokio::sync::Mutex::new(None),
                 })
             })
@@ -129,11 +143,12 @@ impl Pools {
     /// The head must pass `h1::eligible_head`.
     pub async fn send_complete(
         &self,
-        target: &Target,
+        target: &Target<'_>,
         parts: &http::request::Parts,
         data: &[u8],
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        self.pool(target).send_complete(parts, data).await
+        let idle = h1::Idle::of(self.id, target.addr, target.mtls.is_some());
+        h1::send(idle, IDLE_TIMEOUT, parts, data, || connect(target.addr, target.mtls(), Alpn::Http1)).await
     }
 
     /// Sends `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) and returns the
@@ -144,39 +159,36 @@ impl Pools {
     /// boxed, so the common case (a complete HTTP/1.1 request) makes a small future.
     pub fn send(
         &self,
-        target: &Target,
+        target: &Target<'_>,
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + use<> {
-        let pool = self.pool(target);
         let complete = target.version == Version::H1 && h1::eligible_request(&req);
+        let pool = (!complete).then(|| self.pool(target));
+        let idle = h1::Idle::of(self.id, target.addr, target.mtls.is_some());
+        // Owned for the future (only mTLS targets have anything to count).
+        let (addr, mtls) = (target.addr, target.mtls.map(|(t, e)| (t.clone(), e.clone())));
         let version = target.version;
         let (parts, body) = req.into_parts();
         async move {
-            match version {
-                _ if complete => {
+            match (pool, version) {
+                (None, _) => {
                     let data = match &body {
                         Body::Full(Some(b)) => &b[..],
                         _ => &[],
                     };
-                    pool.send_complete(&parts, data).await
+                    let mtls = mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
+                    h1::send(idle, IDLE_TIMEOUT, &parts, data, || connect(addr, mtls, Alpn::Http1)).await
                 }
-                Version::H1 => Box::pin(pool.send_h1(Request::from_parts(parts, body))).await,
-                Version::H2 => Box::pin(pool.send_h2(Request::from_parts(parts, body))).await,
+                (Some(pool), Version::H1) => Box::pin(pool.send_h1(Request::from_parts(parts, body))).await,
+                (Some(pool), Version::H2) => Box::pin(pool.send_h2(Request::from_parts(parts, body))).await,
             }
         }
     }
 }
 
 impl Pool {
-    /// An HTTP/1.1 request whose body is `data`, through the in-task client (`h1.rs`).
-    async fn send_complete(
-        &self,
-        parts: &http::request::Parts,
-        data: &[u8],
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
-        let addr = self.target.addr;
-        h1::send(&self.fast, IDLE_TIMEOUT, parts, data, || connect(addr, mtls, Alpn::Http1)).await
+    fn mtls(&self) -> Option<(&WorkloadTls, &str)> {
+        self.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()))
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
@@ -201,8 +213,7 @@ impl Pool {
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
-        let stream = connect(self.target.addr, mtls, Alpn::Http1).await?;
+        let stream = connect(self.addr, self.mtls(), Alpn::Http1).await?;
         let builder = http1::Builder::new();
         let handshake = match stream {
             Stream::Plain(s) => {
@@ -263,8 +274,7 @@ impl Pool {
         {
             return Ok(s.clone());
         }
-        let mtls = self.target.mtls.as_ref().map(|(t, e)| (t.as_ref(), e.as_ref()));
-        let stream = Box::pin(connect(self.target.addr, mtls, Alpn::Http2)).await?;
+        let stream = Box::pin(connect(self.addr, self.mtls(), Alpn::Http2)).await?;
         let builder = http2::Builder::new(TokioExecutor::new());
         let sender = match stream {
             Stream::Plain(s) => {
