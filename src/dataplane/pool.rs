@@ -385,7 +385,7 @@ mod tests {
         let target = Target { addr, version: Version::H2, mtls: None };
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let (pools, target) = (pools.clone(), target.clone());
+            let (pools, target) = (pools.clone(), target);
             tasks.push(tokio::spawn(async move {
                 let resp = pools.send(&target, get(Version::H2, addr)).await.unwrap();
                 resp.into_body().collect().await.unwrap().to_bytes()
