@@ -4,6 +4,7 @@
 //! retries with back-off, route timeout) → respond → record. Failures answer as Envoy does.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +65,9 @@ pub struct Routing<'a> {
     /// What `useSourceIp` hashes: the client address at a gateway, the workload instance in
     /// a sidecar (every instance shares 127.0.0.1).
     pub source: &'a str,
+    /// The original destination, when the authority was already parsed as an IP literal
+    /// with a port while resolving it.
+    pub original: Option<SocketAddr>,
 }
 
 /// The request's path and query, as routes match it.
@@ -409,7 +413,9 @@ impl Forwarder {
             event.destination_workload = ep.instance.as_ref().map(|i| i.workload);
             let last = attempt >= max_attempts;
             parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), attempt_count(attempt));
-            let target = match self.target(cluster, ep, version, &authority, routing.snapshot).await {
+            // The literal parsed while resolving holds only while the authority is the request's.
+            let original = if matches!(authority, std::borrow::Cow::Borrowed(_)) { routing.original } else { None };
+            let target = match self.target(cluster, ep, version, (&authority, original), routing.snapshot).await {
                 Ok(t) => t,
                 Err(e) => {
                     if !last && retry.retriable_failure(AttemptFailure::ConnectFailure) {
@@ -527,7 +533,7 @@ impl Forwarder {
         cluster: &Cluster,
         ep: &'a Endpoint,
         version: Version,
-        authority: &str,
+        (authority, original): (&str, Option<SocketAddr>),
         snapshot: &MeshSnapshot,
     ) -> Result<Target<'a>, ProxyError> {
         let mtls = match (&cluster.transport, &ep.instance) {
@@ -539,7 +545,7 @@ impl Forwarder {
             Address::Dns(host, port) => resolve::host(host, *port).await?,
             Address::OriginalDestination => {
                 let default = if cluster.key.port == 0 { 80 } else { cluster.key.port };
-                match resolve::literal_destination(authority, default) {
+                match original.or_else(|| resolve::literal_destination(authority, default)) {
                     Some(a) => a,
                     None => Box::pin(resolve::original_destination(authority, default, snapshot)).await?,
                 }

@@ -15,6 +15,7 @@ use super::error::ProxyError;
 use super::forward::{Forwarder, Routing};
 use super::headers::{self, X_ENVOY_EXTERNAL_ADDRESS, X_FORWARDED_FOR};
 use super::listen::{self, HttpMode};
+use super::local_snapshot;
 use super::workers::Workers;
 use crate::model::hosts::{normalize, split_authority};
 use crate::model::routes::RouteTable;
@@ -67,7 +68,7 @@ impl Gateway {
             let Some(authority) = authority.as_ref().map(|a| a.as_str()) else {
                 return ProxyError::BadRequest("missing Host").response();
             };
-            let snap = self.snapshot.load_full();
+            let snap = local_snapshot::current(&self.snapshot);
             let host = normalize(split_authority(authority).0);
             let vhost = snap.gateway_routes.get(&(self.index, server_port)).and_then(|l| l.virtual_host(&host));
             let (table, gateway) = match vhost {
@@ -82,6 +83,7 @@ impl Gateway {
                 gateway,
                 service: None,
                 source: &client.ip,
+                original: None,
             };
             self.forwarder.forward(routing, req).await
         }

@@ -10,6 +10,7 @@ pub mod h1;
 pub mod headers;
 pub mod inbound;
 pub mod listen;
+pub mod local_snapshot;
 pub mod outbound;
 pub mod pool;
 pub mod resolve;

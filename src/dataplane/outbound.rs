@@ -21,6 +21,7 @@ use super::error::{ProxyError, local_reply};
 use super::forward::{Forwarder, Routing};
 use super::headers;
 use super::listen::{self, HttpMode, Sniffed};
+use super::local_snapshot;
 use super::pool;
 use super::resolve;
 use super::rewind::Rewind;
@@ -53,8 +54,9 @@ enum Dest {
     Service(usize, u16),
     /// A mesh service port hidden by the Sidecar scope: reached as an outside host would be.
     Hidden(usize, u16),
-    /// Not in the registry.
-    Unknown,
+    /// Not in the registry; the address when the authority is an IP literal with a port
+    /// (parsed once here, not again when connecting).
+    Unknown(Option<SocketAddr>),
 }
 
 impl Outbound {
@@ -151,6 +153,7 @@ impl Outbound {
         listener: Option<(usize, u16)>,
         default_port: u16,
     ) -> Dest {
+        let mut literal = None;
         let hit = snap
             .registry
             .hosts
@@ -162,9 +165,12 @@ impl Outbound {
                     None => svc.default_port(default_port).map(|p| (si, p)),
                 }
             })
-            .or_else(|| port.and_then(|p| resolve::literal(host, p)).and_then(|a| self.listeners.get(&a).copied()))
+            .or_else(|| {
+                literal = port.and_then(|p| resolve::literal(host, p));
+                literal.and_then(|a| self.listeners.get(&a).copied())
+            })
             .or(listener);
-        let Some((si, port)) = hit else { return Dest::Unknown };
+        let Some((si, port)) = hit else { return Dest::Unknown(literal) };
         let visible = match (snap.registry.get(si), snap.scopes.get(self.index)) {
             (Some(svc), Some(scope)) => scope.sees(svc, &self.instance.namespace),
             (Some(svc), None) => svc.visible_to(&self.instance.namespace),
@@ -173,7 +179,7 @@ impl Outbound {
         match (visible, snap.registry.get(si).is_some_and(|s| s.is_mesh())) {
             (true, _) => Dest::Service(si, port),
             (false, true) => Dest::Hidden(si, port),
-            (false, false) => Dest::Unknown,
+            (false, false) => Dest::Unknown(None),
         }
     }
 
@@ -202,7 +208,7 @@ impl Outbound {
                 (None, Some(_)) => "",
                 (None, None) => return ProxyError::BadRequest("missing Host").response(),
             };
-            let snap = self.snapshot.load_full();
+            let snap = local_snapshot::current(&self.snapshot);
             let split = split_authority(authority);
             let hidden_authority;
             let routing = match self.resolve(&snap, split, listener, 80) {
@@ -219,6 +225,7 @@ impl Outbound {
                         gateway: None,
                         service,
                         source: &self.instance.name,
+                        original: None,
                     }
                 }
                 Dest::Hidden(si, port) => {
@@ -230,7 +237,11 @@ impl Outbound {
                     r.service = snap.registry.get(si).map(|s| s.name);
                     r
                 }
-                Dest::Unknown => self.outside(&snap, authority, split.1.unwrap_or(80)),
+                Dest::Unknown(literal) => {
+                    let mut r = self.outside(&snap, authority, split.1.unwrap_or(80));
+                    r.original = literal;
+                    r
+                }
             };
             self.forwarder.forward(routing, req).await
         }
@@ -242,7 +253,16 @@ impl Outbound {
             OutboundMode::RegistryOnly => &snap.blackhole,
             OutboundMode::AllowAny => &snap.passthrough,
         };
-        Routing { snapshot: snap, table, authority, port, gateway: None, service: None, source: &self.instance.name }
+        Routing {
+            snapshot: snap,
+            table,
+            authority,
+            port,
+            gateway: None,
+            service: None,
+            source: &self.instance.name,
+            original: None,
+        }
     }
 
     /// `CONNECT host:port`: registry services are routed (HTTP inside by their HTTP routes,
@@ -264,7 +284,7 @@ impl Outbound {
                 return Response::new(ProxyBody::empty());
             }
             Dest::Hidden(si, port) => (snap.registry.get(si).map_or(String::new(), |s| s.host.clone()), port),
-            Dest::Unknown => {
+            Dest::Unknown(_) => {
                 let (h, p) = split_authority(&authority);
                 (h.to_string(), p.unwrap_or(443))
             }
