@@ -130,12 +130,9 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
             // Checked before draining: every event recorded before the last handle went is
             // in a ring by now, so this drain is the final one.
             let closed = events.closed();
-            let n = events.drain(|e| {
-                format_into(&mut batch, &e, &mut clock);
-                if batch.len() > 60 * 1024 {
-                    flush(&mut file, &mut batch, &path);
-                }
-            });
+            // Written after the drain: the drain holds the lock threads register their rings
+            // under, which a file write should not prolong.
+            let n = events.drain(|e| format_into(&mut batch, &e, &mut clock));
             flush(&mut file, &mut batch, &path);
             if closed {
                 return;
@@ -157,6 +154,8 @@ fn flush(file: &mut Option<std::io::BufWriter<std::fs::File>>, batch: &mut Strin
         tracing::warn!("cannot write access log {}", path.display());
     }
     batch.clear();
+    // A burst's batch is not kept: the steady state needs far less.
+    batch.shrink_to(64 * 1024);
 }
 
 #[cfg(test)]

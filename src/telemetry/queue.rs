@@ -129,6 +129,7 @@ impl Events {
     /// Hands every event queued when it starts to `f`, merged across threads by start time
     /// (each ring is in completion order, so the merge is close to, not exactly, start
     /// order), and forgets the rings of threads that have ended. Returns how many it handed.
+    /// A thread recording for the first time waits for the drain to end: keep `f` short.
     pub fn drain(&mut self, mut f: impl FnMut(RequestEvent)) -> usize {
         let mut rings = lock(&self.hub.rings);
         // Bounded by what is queued now: a drain ends even while recording goes on.
