@@ -45,6 +45,9 @@ impl Gateway {
             workers.connection(stream, peer, move |stream, peer| async move {
                 // The client address, as text and as a header value, once per connection.
                 let client = Client::new(peer);
+                // A handle of this connection's own: requests clone it, not the proxy's `Arc`,
+                // whose count every worker would write per request.
+                let this = Arc::new(this);
                 listen::serve_http(stream, HttpMode::Auto, move |req| {
                     this.clone().request(server_port, client.clone(), req)
                 })
@@ -56,8 +59,9 @@ impl Gateway {
 
     /// One request at a gateway server port. An async block, not an `async fn` (whose
     /// arguments would be stored twice): futures are moved whole on every request.
+    #[allow(clippy::redundant_allocation)] // the outer Arc is the connection's own handle
     fn request(
-        self: Arc<Self>,
+        self: Arc<Arc<Self>>,
         server_port: u16,
         client: Client,
         mut req: Request<Body>,

@@ -153,7 +153,9 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let this = self.clone();
+        // A handle of this connection's own: requests clone it, not the proxy's `Arc`,
+        // whose count every worker would write per request.
+        let this = Arc::new(self.clone());
         listen::serve_http(io, mode, move |req| this.clone().request(&peer, req)).await;
     }
 
@@ -175,8 +177,9 @@ impl Inbound {
 
     /// One request: to the application, answered with `server: istio-envoy`. Prepared before
     /// the future is built, so the future holds only what the response needs.
+    #[allow(clippy::redundant_allocation)] // the outer Arc is the connection's own handle
     fn request(
-        self: Arc<Self>,
+        self: Arc<Arc<Self>>,
         peer: &Peer,
         mut req: Request<Body>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {

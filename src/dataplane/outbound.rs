@@ -76,6 +76,9 @@ impl Outbound {
         listen::accept_loop(listener, stop, move |stream, peer| {
             let this = this.clone();
             workers.connection(stream, peer, move |stream, _| async move {
+                // A handle of this connection's own: requests clone it, not the proxy's `Arc`,
+                // whose count every worker would write per request.
+                let this = Arc::new(this);
                 listen::serve_http(stream, HttpMode::Auto, move |req| this.clone().proxy_request(req)).await;
             });
         })
@@ -128,7 +131,9 @@ impl Outbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let this = self.clone();
+        // A handle of this connection's own: requests clone it, not the proxy's `Arc`,
+        // whose count every worker would write per request.
+        let this = Arc::new(self.clone());
         listen::serve_http(io, HttpMode::Auto, move |req| {
             let authority = headers::authority(&req);
             this.clone().http(req, authority, Some((service, port)))
@@ -137,7 +142,8 @@ impl Outbound {
     }
 
     /// A request to the HTTP proxy listener: absolute-form, or `CONNECT`.
-    fn proxy_request(self: Arc<Self>, req: Request<Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+    #[allow(clippy::redundant_allocation)] // the outer Arc is the connection's own handle
+    fn proxy_request(self: Arc<Arc<Self>>, req: Request<Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
         let authority = headers::authority(&req);
         self.http(req, authority, None)
     }
@@ -192,8 +198,9 @@ impl Outbound {
     /// One `forward` call at the end and no `async fn` arguments keep this future small:
     /// futures are moved whole into their parent's state on every request.
     #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+    #[allow(clippy::redundant_allocation)] // the outer Arc is the connection's own handle
     fn http(
-        self: Arc<Self>,
+        self: Arc<Arc<Self>>,
         req: Request<Body>,
         authority: Option<headers::Authority>,
         listener: Option<(usize, u16)>,
@@ -201,7 +208,7 @@ impl Outbound {
         async move {
             if listener.is_none() && req.method() == Method::CONNECT {
                 // Boxed: a tunnel's future (it may serve HTTP inside) is large and rare.
-                return Box::pin(self.connect(req)).await;
+                return Box::pin((*self).clone().connect(req)).await;
             }
             let authority = match (&authority, listener) {
                 (Some(a), _) => a.as_str(),
