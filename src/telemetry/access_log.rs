@@ -127,8 +127,9 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
         let mut clock = Clock::default();
         let busy = events.capacity() / 8;
         loop {
-            // Checked before draining: every event recorded before the last handle went is
-            // in a ring by now, so this drain is the final one.
+            // Checked before draining, so the final drain takes everything queued when the last
+            // handle went. A request still ending after that (its record holds a `Sink`, not a
+            // handle) at shutdown goes unlogged.
             let closed = events.closed();
             // Written after the drain: the drain holds the lock threads register their rings
             // under, which a file write should not prolong.
