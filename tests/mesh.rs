@@ -160,6 +160,74 @@ fn connect_tunnels_into_the_mesh_and_out_of_it() {
     });
 }
 
+/// A WebSocket-style upgrade on a connection that already carried a plain request: the
+/// sidecar's HTTP/1.1 server hands the connection to hyper's for the upgrade (Envoy forwards
+/// upgrades with `connection: upgrade` kept), and bytes then flow both ways.
+#[test]
+fn upgrades_pass_through_the_sidecar_on_a_used_connection() {
+    let m = demo();
+    let proxy = proxy_of(&m, "frontend-v1");
+    block_on(async {
+        // Out of the mesh: answers plain requests on keep-alive, and 101 then echo to upgrades.
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = up.accept().await.unwrap();
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if c.read_exact(&mut b).await.is_err() {
+                                return;
+                            }
+                            head.push(b[0]);
+                        }
+                        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                        if head.contains("upgrade: echo") && head.contains("connection: upgrade") {
+                            c.write_all(
+                                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+                            )
+                            .await
+                            .unwrap();
+                            let mut buf = [0u8; 5];
+                            c.read_exact(&mut buf).await.unwrap();
+                            c.write_all(&buf).await.unwrap();
+                            return;
+                        }
+                        c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    }
+                });
+            }
+        });
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(format!("GET http://{up_addr}/plain HTTP/1.1\r\nHost: {up_addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200") && head.contains("content-length: 2"), "{head}");
+        let mut ok = [0u8; 2];
+        s.read_exact(&mut ok).await.unwrap();
+        assert_eq!(&ok, b"ok");
+        s.write_all(
+            format!(
+                "GET http://{up_addr}/ws HTTP/1.1\r\nHost: {up_addr}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+        s.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf, b"hello");
+    });
+}
+
 async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];

@@ -188,10 +188,12 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::ensure_request_id(&mut parts.headers);
-        let authority: HeaderValue = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
-            (_, Some(h)) => h.clone(),
-            (Some(a), None) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
-            (None, None) => HeaderValue::from_static(""),
+        // The Host header first (the URI's authority is the caller's view of the address).
+        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let authority = match (host, parts.uri.authority()) {
+            (Some(h), _) => headers::Authority::new(h),
+            (None, Some(a)) => headers::Authority::new(a.as_str()),
+            (None, None) => headers::Authority::new(""),
         };
         match peer.tls.as_ref().and_then(|t| t.xfcc.clone()) {
             Some(v) => {
@@ -220,7 +222,7 @@ impl Inbound {
             method: parts.method.clone(),
             texts: Texts::new(
                 parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                authority.to_str().unwrap_or(""),
+                authority.as_str(),
                 parts.headers.get(&headers::X_REQUEST_ID),
                 parts.headers.get(header::USER_AGENT),
             ),
@@ -235,8 +237,7 @@ impl Inbound {
             mtls: peer.tls.is_some(),
         };
         let version = if self.port.protocol.app_speaks_h2() { Version::H2 } else { Version::H1 };
-        let upstream =
-            headers::to_upstream(Request::from_parts(parts, body), version, authority.to_str().unwrap_or(""), "http");
+        let upstream = headers::to_upstream(Request::from_parts(parts, body), version, authority.as_str(), "http");
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
         let send = self.pools.get().send(&target, upstream);

@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
+use super::h1_server;
+use super::rewind::Rewind;
 
 /// How long to wait for a client's first bytes before treating a connection as opaque TCP
 /// (server-first protocols send nothing). Istio's protocol detection timeout is similar.
@@ -105,8 +107,23 @@ pub enum HttpMode {
     Http2,
 }
 
-/// Serves HTTP on `io` until the connection ends; `handle` answers every request.
+/// Serves HTTP on `io` until the connection ends; `handle` answers every request. HTTP/1.1
+/// goes through the in-task server (`h1_server.rs`), which hands a connection to hyper's
+/// server when a request needs it (and for HTTP/2).
 pub async fn serve_http<I, F, Fut>(io: I, mode: HttpMode, handle: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    if mode == HttpMode::Http2 {
+        return serve_hyper(io, mode, handle).await;
+    }
+    h1_server::serve(io, handle, move |read, io, handle| serve_hyper(Rewind::new(read, io), mode, handle)).await;
+}
+
+/// Serves HTTP on `io` with hyper's server.
+pub async fn serve_hyper<I, F, Fut>(io: I, mode: HttpMode, handle: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,

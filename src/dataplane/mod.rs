@@ -7,6 +7,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod inbound;
 pub mod listen;

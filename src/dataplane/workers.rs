@@ -41,7 +41,9 @@ impl Workers {
         let mut senders = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // I/O and timers only: a runtime with the process driver also reaps orphaned
+            // children (a lock) every time it parks, and workers start no processes.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
             std::thread::Builder::new().name(format!("devmesh-worker-{i}")).spawn(move || {
                 WORKER.with(|w| w.set(i));
                 rt.block_on(async move {
