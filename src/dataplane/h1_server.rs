@@ -37,6 +37,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered before they are written.
 const WRITE_AT: usize = 64 * 1024;
+/// Buffers larger than this are released between requests.
+const KEEP_BUFFER: usize = 32 * 1024;
 /// Pipelined bytes read ahead while a request is in flight.
 const READ_AHEAD: usize = 2 * MAX_HEAD;
 
@@ -112,6 +114,13 @@ where
                 let _ = io.shutdown().await;
                 return;
             }
+        }
+        // A large response or request does not leave its buffer behind on an idle connection.
+        if out.capacity() > KEEP_BUFFER {
+            out = Vec::with_capacity(1024);
+        }
+        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::with_capacity(READ_CHUNK);
         }
     }
 }
