@@ -729,9 +729,9 @@ fn grpc_abort(code: u32) -> Response<ProxyBody> {
     resp
 }
 
-/// The request's authority as a header value, shared with the request where possible.
+/// A message's declared body length.
 pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    h.get(header::CONTENT_LENGTH).and_then(|v| headers::parse_content_length(v.as_bytes()))
 }
 
 /// Joins a downstream upgrade (WebSocket, ...) to the upstream's once both sides switched.

@@ -224,7 +224,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| protocol("bad header name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| protocol("bad header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n = value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+            let n = super::headers::parse_content_length(value.as_bytes());
             match (n, framing) {
                 (Some(n), None) => framing = Some(n),
                 (Some(n), Some(m)) if n == m => {}

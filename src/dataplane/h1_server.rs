@@ -24,6 +24,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{Body, ProxyBody};
+use super::headers;
 
 /// The largest request head taken here (Envoy's default header limit is 60 KiB); a larger
 /// one goes to hyper, which answers 431 beyond its own limit.
@@ -168,7 +169,7 @@ fn parse(buf: &[u8]) -> Next {
             return Next::HandOver;
         };
         if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<usize>().ok());
+            let n = headers::parse_content_length(h.value).and_then(|n| usize::try_from(n).ok());
             match (n, length) {
                 (Some(n), None) if n <= MAX_BODY => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
@@ -231,7 +232,7 @@ where
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            match (value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()), length) {
+            match (headers::parse_content_length(value.as_bytes()), length) {
                 (Some(n), None) => length = Some(n),
                 // A repeated or unreadable length is not passed on.
                 _ => continue,
@@ -574,6 +575,10 @@ mod tests {
         .await;
         assert!(got.contains("POST /e hi"), "{got}");
         assert_eq!(handed.load(Ordering::SeqCst), 6);
+        // A length with a sign is not a length: hyper refuses it.
+        let got = exchange(addr, b"POST /plus HTTP/1.1\r\ncontent-length: +2\r\n\r\nhi").await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+        assert_eq!(handed.load(Ordering::SeqCst), 7);
     }
 
     #[tokio::test]

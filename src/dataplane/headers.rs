@@ -99,6 +99,16 @@ pub fn ensure_request_id(h: &mut HeaderMap) {
     }
 }
 
+/// A `content-length` value: digits only (RFC 9110 §8.6), as hyper and Envoy read it. Rust's
+/// integer parser would also take a leading `+`, which a front proxy could frame differently.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
 /// The authority a request is for, copied out of the request. Authorities are short, and a
 /// copy kept in the request's own future costs less than a second reference to the request's
 /// bytes: that takes an atomic count, and when the bytes were not shared yet, an allocation
@@ -206,6 +216,17 @@ pub fn to_upstream_parts(parts: &mut http::request::Parts, version: Version, aut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b" 1234 "), Some(1234));
+        assert_eq!(parse_content_length(b"18446744073709551615"), None, "20 digits");
+        assert_eq!(parse_content_length(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for bad in [&b""[..], b"+5", b"-1", b"5 5", b"0x10", b"1e3"] {
+            assert_eq!(parse_content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_trailers_stay() {
