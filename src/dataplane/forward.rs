@@ -143,7 +143,9 @@ async fn attempt_once(
     } else {
         clone_parts(parts)
     };
-    pools.send(target, Request::from_parts(p, replay.body())).await
+    // Boxed: hyper's client path is the rare one here, and unboxed it would double the size
+    // of every attempt's future (futures are moved whole into their parent's state).
+    Box::pin(pools.send(target, Request::from_parts(p, replay.body()))).await
 }
 
 fn roll(percent: f64) -> bool {
@@ -176,7 +178,40 @@ impl Forwarder {
         // keeps its arguments beside the locals they are moved into).
         async move {
             let mut extra = Extra::default();
-            let result = self.handle(&routing, &mut parts, &mut body, &mut event, &mut extra).await;
+            // The phases run as plain functions; only the waits are awaited, here, so no
+            // intermediate future is built and copied per request.
+            let result = 'handle: {
+                let (route, matched_prefix, cors_origin) = match self.route_phase(&routing, &parts, &mut event) {
+                    Ok(r) => r,
+                    Err(early) => break 'handle early,
+                };
+                if let Some((delay, pct)) = route.fault.as_ref().and_then(|f| f.delay)
+                    && roll(pct)
+                {
+                    event.response_flags.add(Flags::DI);
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(aborted) = Self::abort_phase(route, &mut event) {
+                    break 'handle aborted;
+                }
+                let mut resp = match &route.action {
+                    Action::Route(fwd) => {
+                        match self
+                            .send(&routing, route, fwd, matched_prefix, &mut parts, &mut body, &mut event, &mut extra)
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(e) => break 'handle Err(e),
+                        }
+                    }
+                    Action::DirectResponse { status, body } => {
+                        local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone())
+                    }
+                    Action::Redirect(r) => Self::redirect(&routing, &parts, r, matched_prefix),
+                };
+                Self::respond_phase(route, cors_origin, &mut resp);
+                Ok(resp)
+            };
             let mut resp = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -207,15 +242,65 @@ impl Forwarder {
         }
     }
 
-    /// Route, CORS, fault and action phases.
-    async fn handle(
-        &self,
+    /// Fault phase, the abort half (the delay is awaited by the caller): the answer, when
+    /// this request is aborted.
+    fn abort_phase(route: &Route, event: &mut RequestEvent) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+        let (abort, pct) = route.fault.as_ref()?.abort?;
+        if !roll(pct) {
+            return None;
+        }
+        Some(match abort {
+            Abort::Http(code) => {
+                Err(ProxyError::FaultAbort(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)))
+            }
+            Abort::Grpc(code) => {
+                event.response_flags.add(Flags::FI);
+                Ok(grpc_abort(code))
+            }
+        })
+    }
+
+    /// A redirect route's answer.
+    fn redirect(
         routing: &Routing<'_>,
-        parts: &mut Parts,
-        body: &mut Body,
+        parts: &Parts,
+        r: &crate::model::policy::Redirect,
+        matched_prefix: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let location = r.location("http", routing.authority, path_of(&parts.uri), matched_prefix);
+        let mut resp = local(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        resp
+    }
+
+    /// The route's response header operations and CORS headers, on the way back.
+    fn respond_phase(route: &Route, cors_origin: Option<(&Cors, HeaderValue)>, resp: &mut Response<ProxyBody>) {
+        route.headers.response.apply(resp.headers_mut());
+        if let Some((cors, origin)) = cors_origin {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if cors.allow_credentials {
+                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
+            if let Some(v) = cors.expose_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+            }
+        }
+    }
+
+    /// Route and CORS phases: the matched route, the prefix it matched, and the origin to
+    /// allow on the way back; or the answer when there is no route or this is a preflight.
+    #[allow(clippy::type_complexity)]
+    #[allow(clippy::result_large_err)] // the early answer is a whole response, moved once
+    fn route_phase<'t>(
+        &self,
+        routing: &Routing<'t>,
+        parts: &Parts,
         event: &mut RequestEvent,
-        extra: &mut Extra,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<(&'t Route, Option<&'t str>, Option<(&'t Cors, HeaderValue)>), Result<Response<ProxyBody>, ProxyError>>
+    {
         let view = RequestView {
             method: parts.method.as_str(),
             scheme: "http",
@@ -228,77 +313,28 @@ impl Forwarder {
             gateway: routing.gateway,
         };
         let Some((route, matched)) = routes::find(routing.table, &view) else {
-            return Err(ProxyError::NoRoute);
+            return Err(Err(ProxyError::NoRoute));
         };
         event.route_name = Some(route.name);
         let matched_prefix = matched.and_then(|m| m.matched_prefix());
 
         // CORS: preflights are answered here; other requests get the headers on the way back.
-        let mut cors_origin: Option<(&Cors, HeaderValue)> = None;
+        let mut cors_origin = None;
         if let (Some(cors), Some(origin)) = (&route.cors, parts.headers.get(header::ORIGIN)) {
             let allowed = origin.to_str().is_ok_and(|o| cors.allows(o));
             let preflight =
                 parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
             if preflight && allowed {
-                return Ok(preflight_response(cors, origin.clone()));
+                return Err(Ok(preflight_response(cors, origin.clone())));
             }
             if preflight && !cors.forward_unmatched_preflights {
-                return Ok(local(StatusCode::OK, Bytes::new()));
+                return Err(Ok(local(StatusCode::OK, Bytes::new())));
             }
             if allowed {
                 cors_origin = Some((cors, origin.clone()));
             }
         }
-
-        if let Some(fault) = &route.fault {
-            if let Some((delay, pct)) = fault.delay
-                && roll(pct)
-            {
-                event.response_flags.add(Flags::DI);
-                tokio::time::sleep(delay).await;
-            }
-            if let Some((abort, pct)) = fault.abort
-                && roll(pct)
-            {
-                return match abort {
-                    Abort::Http(code) => Err(ProxyError::FaultAbort(
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                    )),
-                    Abort::Grpc(code) => {
-                        event.response_flags.add(Flags::FI);
-                        Ok(grpc_abort(code))
-                    }
-                };
-            }
-        }
-
-        let mut resp = match &route.action {
-            Action::DirectResponse { status, body } => {
-                local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone())
-            }
-            Action::Redirect(r) => {
-                let location = r.location("http", routing.authority, path_of(&parts.uri), matched_prefix);
-                let mut resp =
-                    local(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                resp
-            }
-            Action::Route(fwd) => self.send(routing, route, fwd, matched_prefix, parts, body, event, extra).await?,
-        };
-        route.headers.response.apply(resp.headers_mut());
-        if let Some((cors, origin)) = cors_origin {
-            let h = resp.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            if cors.allow_credentials {
-                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-            }
-            if let Some(v) = cors.expose_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
-            }
-        }
-        Ok(resp)
+        Ok((route, matched_prefix, cors_origin))
     }
 
     /// Destination and attempt phases of a forwarding route.

@@ -89,7 +89,8 @@ impl Gateway {
                 source: &client.ip,
                 original: None,
             };
-            self.forwarder.forward(routing, req).await
+            // Boxed, as in the sidecar's outbound side: the forwarding future is several KB.
+            Box::pin(self.forwarder.forward(routing, req)).await
         }
     }
 }

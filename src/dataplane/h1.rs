@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -30,6 +29,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::addr_map::AddrMap;
 use super::body::{Body, BoxError, ProxyBody};
+use super::clock;
 use super::error::ProxyError;
 use super::pool::Stream;
 
@@ -279,7 +279,8 @@ pub struct Idle {
     mtls: bool,
 }
 
-type IdleConns = Vec<(Box<Conn>, Instant)>;
+/// Connections with when they went idle (coarse monotonic ms: the idle limit is in seconds).
+type IdleConns = Vec<(Box<Conn>, u64)>;
 
 thread_local! {
     static IDLE: RefCell<AddrMap<Idle, IdleConns>> = RefCell::new(AddrMap::default());
@@ -304,8 +305,9 @@ impl Idle {
             .try_with(|m| {
                 let mut m = m.try_borrow_mut().ok()?;
                 let conns = m.get_mut(&self)?;
+                let now = clock::monotonic_ms();
                 while let Some((mut c, since)) = conns.pop() {
-                    if since.elapsed() < max_idle && c.usable() {
+                    if u128::from(now.saturating_sub(since)) < max_idle.as_millis() && c.usable() {
                         return Some(c);
                     }
                     stale.push(c);
@@ -326,7 +328,7 @@ impl Idle {
             if let Ok(mut m) = m.try_borrow_mut() {
                 let conns = m.entry(self).or_default();
                 if conns.len() < MAX_IDLE {
-                    conns.push((conn, Instant::now()));
+                    conns.push((conn, clock::monotonic_ms()));
                 }
             }
         });

@@ -365,25 +365,15 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 /// The `date` header, formatted once per second per thread.
 mod date {
     use std::cell::RefCell;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use nix::time::{ClockId, clock_gettime};
+    use std::time::{Duration, UNIX_EPOCH};
 
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
-    /// Seconds since the epoch, from the coarse clock (a few ms of resolution is plenty for a
-    /// date header, and it is several times cheaper to read).
-    fn now_secs() -> u64 {
-        match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
-            Ok(t) => t.tv_sec().max(0) as u64,
-            Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        }
-    }
-
     pub fn append(out: &mut Vec<u8>) {
-        let secs = now_secs();
+        // The coarse clock: a few ms of resolution is plenty for a date header.
+        let secs = crate::dataplane::clock::realtime_secs();
         let _ = CACHED.try_with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != secs {

@@ -3,6 +3,7 @@
 
 pub mod addr_map;
 pub mod body;
+pub mod clock;
 pub mod error;
 pub mod forward;
 pub mod gateway;

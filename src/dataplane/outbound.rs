@@ -250,7 +250,9 @@ impl Outbound {
                     r
                 }
             };
-            self.forwarder.forward(routing, req).await
+            // Boxed: the forwarding future is most of a request's state, and each level that
+            // holds it by value copies it whole (several KB) on every request.
+            Box::pin(self.forwarder.forward(routing, req)).await
         }
     }
 
