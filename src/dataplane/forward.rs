@@ -113,6 +113,19 @@ impl Replay {
     }
 }
 
+/// What the route phase decided.
+enum Routed<'t> {
+    Matched {
+        route: &'t Route,
+        /// The prefix a `prefix` match matched, for rewrites and redirects.
+        matched_prefix: Option<&'t str>,
+        /// The origin to allow on the way back (CORS).
+        cors_origin: Option<(&'t Cors, HeaderValue)>,
+    },
+    /// No route, or a CORS preflight: the answer.
+    Answered(Result<Response<ProxyBody>, ProxyError>),
+}
+
 /// What the forward phase leaves for the record.
 #[derive(Default)]
 struct Extra {
@@ -182,8 +195,8 @@ impl Forwarder {
             // intermediate future is built and copied per request.
             let result = 'handle: {
                 let (route, matched_prefix, cors_origin) = match self.route_phase(&routing, &parts, &mut event) {
-                    Ok(r) => r,
-                    Err(early) => break 'handle early,
+                    Routed::Matched { route, matched_prefix, cors_origin } => (route, matched_prefix, cors_origin),
+                    Routed::Answered(answer) => break 'handle answer,
                 };
                 if let Some((delay, pct)) = route.fault.as_ref().and_then(|f| f.delay)
                     && roll(pct)
@@ -290,17 +303,9 @@ impl Forwarder {
         }
     }
 
-    /// Route and CORS phases: the matched route, the prefix it matched, and the origin to
-    /// allow on the way back; or the answer when there is no route or this is a preflight.
-    #[allow(clippy::type_complexity)]
-    #[allow(clippy::result_large_err)] // the early answer is a whole response, moved once
-    fn route_phase<'t>(
-        &self,
-        routing: &Routing<'t>,
-        parts: &Parts,
-        event: &mut RequestEvent,
-    ) -> Result<(&'t Route, Option<&'t str>, Option<(&'t Cors, HeaderValue)>), Result<Response<ProxyBody>, ProxyError>>
-    {
+    /// Route and CORS phases: the matched route, or the answer when there is no route or
+    /// this is a preflight.
+    fn route_phase<'t>(&self, routing: &Routing<'t>, parts: &Parts, event: &mut RequestEvent) -> Routed<'t> {
         let view = RequestView {
             method: parts.method.as_str(),
             scheme: "http",
@@ -313,7 +318,7 @@ impl Forwarder {
             gateway: routing.gateway,
         };
         let Some((route, matched)) = routes::find(routing.table, &view) else {
-            return Err(Err(ProxyError::NoRoute));
+            return Routed::Answered(Err(ProxyError::NoRoute));
         };
         event.route_name = Some(route.name);
         let matched_prefix = matched.and_then(|m| m.matched_prefix());
@@ -325,16 +330,16 @@ impl Forwarder {
             let preflight =
                 parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
             if preflight && allowed {
-                return Err(Ok(preflight_response(cors, origin.clone())));
+                return Routed::Answered(Ok(preflight_response(cors, origin.clone())));
             }
             if preflight && !cors.forward_unmatched_preflights {
-                return Err(Ok(local(StatusCode::OK, Bytes::new())));
+                return Routed::Answered(Ok(local(StatusCode::OK, Bytes::new())));
             }
             if allowed {
                 cors_origin = Some((cors, origin.clone()));
             }
         }
-        Ok((route, matched_prefix, cors_origin))
+        Routed::Matched { route, matched_prefix, cors_origin }
     }
 
     /// Destination and attempt phases of a forwarding route.
