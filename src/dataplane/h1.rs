@@ -781,6 +781,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_idle_past_the_limit_is_closed_not_reused() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let up = raw(vec![ok, ok, ok]).await;
+        let idle = Idle::unique();
+        let limit = Duration::from_millis(100);
+        let get = || {
+            let (parts, _) = request(Method::GET, "/", Body::Empty);
+            async move {
+                let resp = send(idle, limit, &parts, &[], || dial(up.addr)).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        assert_eq!(&get().await[..], b"ok");
+        assert_eq!(&get().await[..], b"ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        // Idle for well over the limit (the idle clock is coarse: a few ms).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(&get().await[..], b"ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "a connection idle past the limit is not reused");
+    }
+
+    #[tokio::test]
     async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
         let up = raw(vec![
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
