@@ -744,7 +744,7 @@ mod tests {
     }
 
     async fn dial(addr: SocketAddr) -> Result<Stream, ProxyError> {
-        Ok(Stream::Plain(TcpStream::connect(addr).await.unwrap()))
+        Ok(Stream::Plain(crate::dataplane::tcp::Tcp::connect(addr).await.unwrap()))
     }
 
     async fn call(

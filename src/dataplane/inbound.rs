@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
@@ -20,6 +20,7 @@ use super::forward::{content_length, protocol_name, splice_upgrade};
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO};
 use super::listen::{self, HttpMode, Sniffed};
 use super::pool::{self, Pools, Target, Version};
+use super::tcp::Tcp;
 use super::workers::{PerWorker, Workers};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
 use crate::model::topology::{Instance, InstancePort};
@@ -92,7 +93,7 @@ impl Inbound {
         .await;
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, addr: SocketAddr) {
+    async fn connection(self: Arc<Self>, stream: Tcp, addr: SocketAddr) {
         // An HTTP port's clients always speak first, so waiting longer for their first bytes
         // costs nothing and keeps a slow peer's TLS hello (a loaded machine) from being taken
         // for opaque TCP, as Envoy's TLS inspector waits (15 s). Other ports may carry

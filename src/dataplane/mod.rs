@@ -18,4 +18,5 @@ pub mod pool;
 pub mod resolve;
 pub mod rewind;
 pub mod sni;
+pub mod tcp;
 pub mod workers;

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::addr_map::AddrMap;
@@ -26,6 +26,7 @@ use super::pool;
 use super::resolve;
 use super::rewind::Rewind;
 use super::sni;
+use super::tcp::Tcp;
 use super::workers::Workers;
 use crate::config::mesh::{OutboundMode, Protocol};
 use crate::identity::tls::Alpn;
@@ -106,7 +107,7 @@ impl Outbound {
         .await;
     }
 
-    async fn upstream_connection(self: Arc<Self>, stream: TcpStream, service: usize, port: u16) {
+    async fn upstream_connection(self: Arc<Self>, stream: Tcp, service: usize, port: u16) {
         let protocol = self.protocol(service, port);
         let http = if protocol.is_http() {
             true

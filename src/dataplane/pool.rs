@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use super::addr_map::AddrMap;
 use super::body::{Body, ProxyBody};
 use super::error::ProxyError;
 use super::h1;
+use super::tcp::Tcp;
 use crate::identity::tls::{Alpn, WorkloadTls, endpoint_server_name, spiffe_of};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,13 +46,13 @@ impl Target<'_> {
 
 /// A connected byte stream: plain or mTLS.
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Tcp),
+    Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
 }
 
 /// Connects to `addr`, with mTLS when asked (checking the peer's SPIFFE ID).
 pub async fn connect(addr: SocketAddr, mtls: Option<(&WorkloadTls, &str)>, alpn: Alpn) -> Result<Stream, ProxyError> {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, Tcp::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = match e.raw_os_error() {

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
+use super::tcp::Tcp;
+
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 thread_local! {
@@ -66,7 +68,7 @@ impl Workers {
     /// worker's runtime.
     pub fn connection<F, Fut>(&self, stream: tokio::net::TcpStream, peer: SocketAddr, handle: F)
     where
-        F: FnOnce(tokio::net::TcpStream, SocketAddr) -> Fut + Send + 'static,
+        F: FnOnce(Tcp, SocketAddr) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let std = match stream.into_std() {
@@ -77,7 +79,7 @@ impl Workers {
             }
         };
         let job: Job = Box::pin(async move {
-            match tokio::net::TcpStream::from_std(std) {
+            match Tcp::from_std(std) {
                 Ok(s) => handle(s, peer).await,
                 Err(e) => tracing::warn!("worker cannot register a connection: {e}"),
             }
