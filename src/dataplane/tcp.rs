@@ -218,6 +218,66 @@ mod tests {
         reads_late_bytes(a, &mut b).await;
     }
 
+    /// The proxy's pattern on a client connection: the socket is watched while a request is
+    /// in flight, then read again for the next request, with the client's next bytes arriving
+    /// before, during or after the response. No wake-up may be lost: 300 exchanges with
+    /// varied timing (pipelined, immediate, delayed) all complete.
+    #[tokio::test]
+    async fn watched_while_in_flight_then_read_again_loses_no_wakeup() {
+        let (mut client, mut server) = pair().await;
+        const N: u32 = 300;
+        let serve = async move {
+            let mut buf = bytes::BytesMut::with_capacity(64);
+            for i in 0..N {
+                while !buf.contains(&b'\n') {
+                    assert!(server.read_buf(&mut buf).await.unwrap() > 0, "request {i}");
+                }
+                let at = buf.iter().position(|&b| b == b'\n').unwrap();
+                let _ = buf.split_to(at + 1);
+                let work = tokio::time::sleep(std::time::Duration::from_micros(u64::from(i % 4) * 150));
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut work => break,
+                        read = server.read_buf(&mut buf), if buf.len() < 32 => {
+                            assert!(read.unwrap() > 0, "client left during request {i}");
+                        }
+                    }
+                }
+                server.write_all(b"ok\n").await.unwrap();
+            }
+        };
+        let call = async move {
+            let mut got = Vec::new();
+            for i in 0..N {
+                client.write_all(b"req\n").await.unwrap();
+                if i % 5 == 1 && i + 1 < N {
+                    // Pipelined: the next request goes out while this one is in flight.
+                    client.write_all(b"req\n").await.unwrap();
+                }
+                if i % 5 == 2 {
+                    continue;
+                }
+                if i % 3 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+                let mut one = [0u8; 3];
+                client.read_exact(&mut one).await.unwrap();
+                got.push(one);
+                if i % 5 == 1 && i + 1 < N {
+                    client.read_exact(&mut one).await.unwrap();
+                    got.push(one);
+                }
+            }
+            got
+        };
+        let (_, got) = tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(serve, call) })
+            .await
+            .expect("every exchange completed");
+        assert!(got.iter().all(|r| r == b"ok\n"));
+    }
+
     /// Writing more than the socket's send buffer takes waits for room instead of failing:
     /// 8 MiB through, in order, while the reader drains at its own pace.
     #[tokio::test]
