@@ -109,6 +109,9 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
     out.push_str(if e.mtls { "mtls\n" } else { "plaintext\n" });
 }
 
+/// Events formatted per write: their lines (about 250 bytes each) fit the batch's 64 KiB.
+const CHUNK: usize = 200;
+
 /// Writes events to `path` on a thread of its own until every [`super::Telemetry`] handle is
 /// gone. It drains the recording threads' rings every 100 ms, or every 5 ms while a ring is
 /// filling fast, instead of being woken per event: recording a request costs the proxy one
@@ -117,7 +120,8 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
     std::thread::Builder::new().name("devmesh-access-log".into()).spawn(move || {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
         let mut file = match file {
-            Ok(f) => Some(std::io::BufWriter::with_capacity(64 * 1024, f)),
+            // No BufWriter: each chunk's batch is already one write.
+            Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!("cannot open access log {}: {e}", path.display());
                 None
@@ -131,10 +135,18 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
             // handle went. A request still ending after that (its record holds a `Sink`, not a
             // handle) at shutdown goes unlogged.
             let closed = events.closed();
-            // Written after the drain: the drain holds the lock threads register their rings
-            // under, which a file write should not prolong.
-            let n = events.drain(|e| format_into(&mut batch, &e, &mut clock));
-            flush(&mut file, &mut batch, &path);
+            // Drained in chunks, each written after its drain: the drain holds the lock
+            // threads register their rings under, which a file write should not prolong, and
+            // a chunk's lines fit the batch's buffer, so a busy second does not grow it.
+            let mut n = 0;
+            loop {
+                let got = events.drain(CHUNK, |e| format_into(&mut batch, &e, &mut clock));
+                n += got;
+                flush(&mut file, &mut batch, &path);
+                if got < CHUNK {
+                    break;
+                }
+            }
             if closed {
                 return;
             }
@@ -144,19 +156,21 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
     })
 }
 
-fn flush(file: &mut Option<std::io::BufWriter<std::fs::File>>, batch: &mut String, path: &Path) {
+fn flush(file: &mut Option<std::fs::File>, batch: &mut String, path: &Path) {
     use std::io::Write;
     if batch.is_empty() {
         return;
     }
     if let Some(f) = file.as_mut()
-        && (f.write_all(batch.as_bytes()).is_err() || f.flush().is_err())
+        && f.write_all(batch.as_bytes()).is_err()
     {
         tracing::warn!("cannot write access log {}", path.display());
     }
     batch.clear();
-    // A burst's batch is not kept: the steady state needs far less.
-    batch.shrink_to(64 * 1024);
+    // Very long lines (paths, user agents) are not kept.
+    if batch.capacity() > 1 << 20 {
+        batch.shrink_to(64 * 1024);
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +181,29 @@ mod tests {
 
     fn event() -> RequestEvent {
         crate::telemetry::test_event()
+    }
+
+    /// A backlog of many chunks is written whole, in order, and the thread ends when the last
+    /// telemetry handle goes.
+    #[test]
+    fn the_log_thread_writes_every_queued_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let (t, events) = crate::telemetry::queue::Telemetry::new(4096);
+        let sink = t.sink();
+        for i in 0..(CHUNK * 5 + 7) {
+            let mut e = event();
+            e.status = 200 + (i % 3) as u16;
+            e.ts = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(i as u64);
+            sink.record(e);
+        }
+        let thread = spawn(path.clone(), events).unwrap();
+        drop(t);
+        thread.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let codes: Vec<&str> = text.lines().map(|l| l.split(' ').nth(6).unwrap_or("?")).collect();
+        assert_eq!(codes.len(), CHUNK * 5 + 7);
+        assert!(codes.iter().enumerate().all(|(i, c)| *c == (200 + i % 3).to_string()), "in order: {:?}", &codes[..6]);
     }
 
     #[test]

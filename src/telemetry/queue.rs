@@ -126,15 +126,18 @@ fn register(id: u64) -> Option<Producer> {
 }
 
 impl Events {
-    /// Hands every event queued when it starts to `f`, merged across threads by start time
-    /// (each ring is in completion order, so the merge is close to, not exactly, start
-    /// order), and forgets the rings of threads that have ended. Returns how many it handed.
-    /// A thread recording for the first time waits for the drain to end: keep `f` short.
-    pub fn drain(&mut self, mut f: impl FnMut(RequestEvent)) -> usize {
+    /// Hands up to `limit` of the events queued when it starts to `f`, merged across threads
+    /// by start time (each ring is in completion order, so the merge is close to, not
+    /// exactly, start order), and forgets the rings of threads that have ended. Returns how
+    /// many it handed; fewer than `limit` means the queue was emptied (as far as it was when
+    /// the drain started). A thread recording for the first time waits for the drain to end:
+    /// keep `f` short.
+    pub fn drain(&mut self, limit: usize, mut f: impl FnMut(RequestEvent)) -> usize {
         let mut rings = lock(&self.hub.rings);
         // Bounded by what is queued now: a drain ends even while recording goes on.
         let queued: usize = rings.iter().map(|r| r.events.slots()).sum();
-        for _ in 0..queued {
+        let mut handed = 0;
+        for _ in 0..queued.min(limit) {
             let mut first: Option<(usize, SystemTime)> = None;
             for (i, r) in rings.iter().enumerate() {
                 if let Ok(e) = r.events.peek()
@@ -147,6 +150,7 @@ impl Events {
                 break;
             };
             f(e);
+            handed += 1;
         }
         rings.retain(|r| {
             let ended = r.events.is_abandoned() && r.events.is_empty();
@@ -155,7 +159,7 @@ impl Events {
             }
             !ended
         });
-        queued
+        handed
     }
 
     /// No [`Telemetry`] handle is left: whatever is still queued is the last of it.
@@ -193,7 +197,9 @@ mod tests {
         });
         t.sink().record(at(0));
         let mut out = Vec::new();
-        assert_eq!(events.drain(|e| out.push(e)), 8);
+        // In chunks: a limited drain hands the earliest, and the next one goes on from there.
+        assert_eq!(events.drain(3, |e| out.push(e)), 3);
+        assert_eq!(events.drain(usize::MAX, |e| out.push(e)), 5);
         let order: Vec<u16> = out.iter().map(|e| e.status).collect();
         assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(t.dropped(), 1, "the fifth event of a 4-slot ring is dropped, and counted");
@@ -202,7 +208,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while lock(&events.hub.rings).len() > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
-            assert_eq!(events.drain(|e| out.push(e)), 0);
+            assert_eq!(events.drain(usize::MAX, |e| out.push(e)), 0);
         }
         assert_eq!(lock(&events.hub.rings).len(), 1);
         assert_eq!(t.dropped(), 1);
@@ -217,7 +223,7 @@ mod tests {
         t2.sink().record(at(10));
         assert_eq!(PRODUCERS.with(|p| p.borrow().len()), 1);
         out.clear();
-        assert_eq!(events2.drain(|e| out.push(e)), 1);
+        assert_eq!(events2.drain(usize::MAX, |e| out.push(e)), 1);
         assert_eq!(out[0].status, 10, "hubs keep their own rings");
     }
 }
