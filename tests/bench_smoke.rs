@@ -24,13 +24,7 @@ fn bench_harness_produces_a_complete_table() {
     httpbin_bin();
     // Always (re)built: `cargo test --test bench_smoke` alone does not rebuild examples, and a
     // stale harness would test old code.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .args(["build", "--example", "bench"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap()
-        .success();
+    let ok = cargo_build(&["--example", "bench"]).current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap().success();
     assert!(ok, "building the bench example failed");
     assert!(bench.exists(), "no {}", bench.display());
     let out = tempfile::tempdir().unwrap();

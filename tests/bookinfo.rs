@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,8 +21,7 @@ fn bookinfo_bin() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let bin = devmesh_bin().parent().unwrap().join("bookinfo");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo).args(["build", "-p", "bookinfo"]).current_dir(root()).status().unwrap();
+            let status = cargo_build(&["-p", "bookinfo"]).current_dir(root()).status().unwrap();
             assert!(status.success(), "cargo build -p bookinfo failed");
             bin
         })

@@ -27,9 +27,7 @@ pub fn httpbin_bin() -> PathBuf {
             let bin = dir.join("examples").join("httpbin");
             // Built once per test binary, even when present: `cargo test --test x` does not
             // rebuild examples, and a stale httpbin would test old code. A no-op when fresh.
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--example", "httpbin"])
+            let status = cargo_build(&["--example", "httpbin"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("cargo build --example httpbin");
@@ -37,6 +35,25 @@ pub fn httpbin_bin() -> PathBuf {
             bin
         })
         .clone()
+}
+
+/// `cargo build ARGS`, run from a test without the package variables `cargo test` sets for
+/// it (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, ...): ring's build script tracks some of them, so
+/// with them the build would recompile ring and everything above it on every test run.
+pub fn cargo_build(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("build").args(args);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
