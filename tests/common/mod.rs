@@ -250,6 +250,13 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
+        // A failing test shows what devmesh said (its lifecycle log), the last 60 lines.
+        if std::thread::panicking()
+            && let Ok(lines) = self.lines.lock()
+        {
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- devmesh log, last {} lines ---\n{}\n---", tail.len(), tail.join("\n"));
+        }
         if let Some(mut c) = self.child.take() {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
