@@ -183,9 +183,7 @@ impl Forwarder {
         parts.headers.reserve(4);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::ensure_request_id(&mut parts.headers);
-        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
+        parts.headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static("http"));
         let mut event = self.event(&parts, path_of(&parts.uri), routing.authority, routing.service);
         // An async block, not an `async fn`: its captures are stored once (an `async fn`
         // keeps its arguments beside the locals they are moved into).

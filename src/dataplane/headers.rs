@@ -94,8 +94,15 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Adds an `x-request-id` when the request has none (or an empty one).
 pub fn ensure_request_id(h: &mut HeaderMap) {
-    if h.get(&X_REQUEST_ID).is_none_or(|v| v.is_empty()) {
-        h.insert(X_REQUEST_ID.clone(), new_request_id());
+    // One lookup (the name is hashed once: ~110 instructions for a custom name).
+    match h.entry(X_REQUEST_ID.clone()) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(new_request_id());
+        }
+        http::header::Entry::Occupied(mut e) if e.get().is_empty() => {
+            e.insert(new_request_id());
+        }
+        http::header::Entry::Occupied(_) => {}
     }
 }
 

@@ -204,10 +204,9 @@ impl Inbound {
                 parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
             }
         }
-        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            let proto = if peer.tls.is_some() { "https" } else { "http" };
-            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        }
+        // One lookup: the custom name is hashed once.
+        let proto = if peer.tls.is_some() { "https" } else { "http" };
+        parts.headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static(proto));
         let mut event = RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Destination,
