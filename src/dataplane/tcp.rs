@@ -5,8 +5,10 @@
 //! glibc's socket calls are thread-cancellation points: in a multi-threaded process each one
 //! flips the thread's cancel type with two atomic compare-and-swaps around the system call.
 //! devmesh makes four such calls per proxied request on each hop and cancels no thread, and
-//! those swaps were 7.6% of its user-space cycles on the passthrough (profile step 17 in
-//! docs/PERFORMANCE.md). nginx's single-threaded workers never pay them.
+//! a profile charged those swaps 7.6% of its user-space cycles on the passthrough (profile
+//! step 17 in docs/PERFORMANCE.md). Most of that was the stall of draining earlier stores,
+//! which the system call then pays instead: without them, user cycles per request measured
+//! 0-7% lower depending on the path. nginx's single-threaded workers never make the swaps.
 //!
 //! Readiness is handled as tokio's own `TcpStream` does: a read or write waits for the
 //! socket's readiness, and a short read or write (the socket is drained, or its send buffer
