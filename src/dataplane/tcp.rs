@@ -103,19 +103,29 @@ impl AsyncRead for Tcp {
     }
 }
 
-impl AsyncWrite for Tcp {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+impl Tcp {
+    /// One write of `wanted` bytes by `send`, once the socket is writable.
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+        send: impl Fn(&TcpStream) -> rustix::io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         let tcp = &self.0;
         loop {
             ready!(tcp.poll_write_ready(cx))?;
             let mut moved = 0;
-            let result = tcp.try_io(Interest::WRITABLE, || {
-                short_is_drained(rustix::net::send(tcp, data, SendFlags::NOSIGNAL), data.len(), &mut moved)
-            });
+            let result = tcp.try_io(Interest::WRITABLE, || short_is_drained(send(tcp), wanted, &mut moved));
             if let Some(n) = settle(result, moved)? {
                 return Poll::Ready(Ok(n));
             }
         }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, data.len(), |tcp| rustix::net::send(tcp, data, SendFlags::NOSIGNAL))
     }
 
     fn poll_write_vectored(
@@ -123,17 +133,8 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let tcp = &self.0;
         let wanted = bufs.iter().map(|b| b.len()).sum();
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            let mut moved = 0;
-            let result =
-                tcp.try_io(Interest::WRITABLE, || short_is_drained(rustix::io::writev(tcp, bufs), wanted, &mut moved));
-            if let Some(n) = settle(result, moved)? {
-                return Poll::Ready(Ok(n));
-            }
-        }
+        self.poll_send(cx, wanted, |tcp| rustix::io::writev(tcp, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
