@@ -48,6 +48,45 @@ pub struct ControlPlane {
     /// The warnings of the running configuration.
     warnings: Mutex<Vec<Diagnostic>>,
     events: Option<Events>,
+    /// Snapshots swapped out, kept until nobody else holds them (see [`Retired`]).
+    retired: Retired,
+}
+
+/// Snapshots a reload swapped out. Workers and in-flight requests may still hold one; the
+/// control plane keeps its own reference until it is the last, then frees the snapshot on
+/// its own thread (at the next change, or within [`SWEEP_EVERY`]). Whoever drops the last
+/// reference pays for freeing a whole configuration (~9 ms for 1000 services on the
+/// development machine): without this, that is a data-plane worker between two requests,
+/// or the reload itself. Envoy defers the deletion of replaced configuration to its main
+/// thread for the same reason.
+#[derive(Default)]
+struct Retired(Mutex<Vec<Arc<MeshSnapshot>>>);
+
+/// How often retired snapshots are looked at when no change comes.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Retired {
+    fn push(&self, old: Arc<MeshSnapshot>) {
+        if let Ok(mut r) = self.0.lock() {
+            r.push(old);
+        }
+        self.sweep();
+    }
+
+    /// Frees the retired snapshots no one else holds; how many are still held.
+    fn sweep(&self) -> usize {
+        // Taken out of the lock first: freeing them does not block a reload's `push`.
+        let free: Vec<Arc<MeshSnapshot>> = match self.0.lock() {
+            Ok(mut r) => {
+                let (free, held) = r.drain(..).partition(|s| Arc::strong_count(s) == 1);
+                *r = held;
+                free
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(free);
+        self.0.lock().map_or(0, |r| r.len())
+    }
 }
 
 fn sorted(d: Diagnostics) -> Vec<Diagnostic> {
@@ -78,7 +117,7 @@ impl ControlPlane {
         let compiled = compile(topology.clone(), Arc::new(store.resources()), 1, mesh.outbound_mode);
         diags.extend(compiled.warnings);
         let snapshot: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(compiled.snapshot));
-        Ok(Arc::new(ControlPlane {
+        let control = Arc::new(ControlPlane {
             topology,
             namespace: mesh.namespace.clone(),
             mode: mesh.outbound_mode,
@@ -88,7 +127,23 @@ impl ControlPlane {
             version: AtomicU64::new(1),
             warnings: Mutex::new(sorted(diags)),
             events,
-        }))
+            retired: Retired::default(),
+        });
+        let weak = Arc::downgrade(&control);
+        let sweeper = std::thread::Builder::new().name("devmesh-reclaim".into()).spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_EVERY);
+                match weak.upgrade() {
+                    Some(c) => c.retired.sweep(),
+                    None => return,
+                };
+            }
+        });
+        if let Err(e) = sweeper {
+            // Still correct without it: retired snapshots are then freed at the next change.
+            tracing::warn!("cannot start the snapshot reclaimer: {e}");
+        }
+        Ok(control)
     }
 
     pub fn namespace(&self) -> &str {
@@ -198,9 +253,11 @@ impl ControlPlane {
         let start = Instant::now();
         let version = self.version.load(Ordering::Acquire) + 1;
         let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode);
-        self.snapshot.store(Arc::new(compiled.snapshot));
+        let old = self.snapshot.swap(Arc::new(compiled.snapshot));
         self.version.store(version, Ordering::Release);
+        // The new configuration serves from here; freeing the old one is not part of it.
         let took = start.elapsed();
+        self.retired.push(old);
         *current = next;
         let all_warnings = sorted(compiled.warnings);
         warnings.extend(all_warnings.iter().cloned());
@@ -222,6 +279,62 @@ impl ControlPlane {
             let errors: Vec<String> =
                 diags.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
             ev.emit(Lifecycle::ConfigRejected { version: self.version.load(Ordering::Acquire), errors });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> (tempfile::TempDir, Arc<ControlPlane>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh_file = dir.path().join("devmesh.yaml");
+        std::fs::write(
+            &mesh_file,
+            "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{command: [x]}]\n",
+        )
+        .unwrap();
+        let mut d = Diagnostics::new();
+        let mesh = crate::config::mesh::load(&mesh_file, &mut d).unwrap();
+        let topology = Arc::new(crate::app::topology::plan(&mesh).unwrap());
+        (dir, ControlPlane::start(topology, &mesh, None).unwrap())
+    }
+
+    fn timeout(secs: u32) -> (Arc<str>, String) {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http: [{{timeout: {secs}s, route: [{{destination: {{host: web}}}}]}}]\n"
+        );
+        (Arc::from("vs.yaml"), yaml)
+    }
+
+    #[test]
+    fn a_swapped_out_snapshot_is_freed_by_the_control_plane_not_by_its_last_reader() {
+        let (_dir, control) = control();
+        // A worker's holder (or a request in flight) keeps the snapshot it routed with.
+        let held = control.current();
+        let old = Arc::downgrade(&held);
+        assert_eq!(control.apply(&[timeout(1)], false).unwrap().version, 2);
+        assert_eq!(control.current().version, 2);
+        assert_eq!(Arc::strong_count(&held), 2, "the control plane keeps a reference to the retired snapshot");
+        drop(held);
+        assert!(old.upgrade().is_some(), "the reader's drop was not the last: nothing was freed on its thread");
+        assert_eq!(control.retired.sweep(), 0);
+        assert!(old.upgrade().is_none(), "freed by the control plane's sweep");
+
+        // Unheld, the next one is freed by the change that retires it; held, by the
+        // background sweep once the last reader lets go.
+        let unheld = Arc::downgrade(&control.current());
+        control.apply(&[timeout(2)], false).unwrap();
+        assert!(unheld.upgrade().is_none(), "nobody held it: freed at once");
+        let held = control.current();
+        let old = Arc::downgrade(&held);
+        control.apply(&[timeout(3)], false).unwrap();
+        drop(held);
+        let deadline = std::time::Instant::now() + SWEEP_EVERY * 5;
+        while old.upgrade().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the reclaimer never freed the retired snapshot");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

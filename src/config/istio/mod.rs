@@ -150,11 +150,11 @@ pub struct Origin {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Spec {
-    VirtualService(Box<VirtualServiceSpec>),
-    Gateway(Box<GatewaySpec>),
-    DestinationRule(Box<DestinationRuleSpec>),
-    ServiceEntry(Box<ServiceEntrySpec>),
-    Sidecar(Box<SidecarSpec>),
+    VirtualService(Arc<VirtualServiceSpec>),
+    Gateway(Arc<GatewaySpec>),
+    DestinationRule(Arc<DestinationRuleSpec>),
+    ServiceEntry(Arc<ServiceEntrySpec>),
+    Sidecar(Arc<SidecarSpec>),
     /// A kind devmesh stores and shows but does not act on yet.
     Opaque(serde_json::Value),
 }
@@ -280,23 +280,23 @@ fn read_resource(doc: &Node, file: &Arc<str>, default_namespace: &str, diags: &m
     let (metadata, spec) = match kind {
         Kind::VirtualService => {
             let env: Envelope<VirtualServiceSpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::VirtualService(Box::new(env.spec.unwrap_or_default())))
+            (env.metadata, Spec::VirtualService(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::Gateway => {
             let env: Envelope<GatewaySpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::Gateway(Box::new(env.spec.unwrap_or_default())))
+            (env.metadata, Spec::Gateway(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::DestinationRule => {
             let env: Envelope<DestinationRuleSpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::DestinationRule(Box::new(env.spec.unwrap_or_default())))
+            (env.metadata, Spec::DestinationRule(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::ServiceEntry => {
             let env: Envelope<ServiceEntrySpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::ServiceEntry(Box::new(env.spec.unwrap_or_default())))
+            (env.metadata, Spec::ServiceEntry(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::Sidecar => {
             let env: Envelope<SidecarSpec> = yaml::from_node(doc, file, diags)?;
-            (env.metadata, Spec::Sidecar(Box::new(env.spec.unwrap_or_default())))
+            (env.metadata, Spec::Sidecar(Arc::new(env.spec.unwrap_or_default())))
         }
         _ => {
             let env: Envelope<serde::de::IgnoredAny> = yaml::from_node(doc, file, diags)?;
