@@ -239,3 +239,15 @@ fn build_with(mesh: &Mesh, a: &mut impl Alloc) -> Result<Topology> {
     }
     Ok(Topology { namespace: ns, services, instances, gateways })
 }
+
+/// A mesh file written to a temporary folder, loaded and planned (for tests).
+#[cfg(test)]
+pub fn planned_for_test(mesh_yaml: &str) -> (tempfile::TempDir, Mesh, Arc<Topology>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_file = dir.path().join("devmesh.yaml");
+    std::fs::write(&mesh_file, mesh_yaml).unwrap();
+    let mut d = crate::config::diag::Diagnostics::new();
+    let mesh = crate::config::mesh::load(&mesh_file, &mut d).unwrap();
+    let topology = Arc::new(plan(&mesh).unwrap());
+    (dir, mesh, topology)
+}

@@ -288,16 +288,9 @@ mod tests {
     use super::*;
 
     fn control() -> (tempfile::TempDir, Arc<ControlPlane>) {
-        let dir = tempfile::tempdir().unwrap();
-        let mesh_file = dir.path().join("devmesh.yaml");
-        std::fs::write(
-            &mesh_file,
+        let (dir, mesh, topology) = crate::app::topology::planned_for_test(
             "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{command: [x]}]\n",
-        )
-        .unwrap();
-        let mut d = Diagnostics::new();
-        let mesh = crate::config::mesh::load(&mesh_file, &mut d).unwrap();
-        let topology = Arc::new(crate::app::topology::plan(&mesh).unwrap());
+        );
         (dir, ControlPlane::start(topology, &mesh, None).unwrap())
     }
 

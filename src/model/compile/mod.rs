@@ -375,16 +375,10 @@ mod tests {
 
     #[test]
     fn a_thousand_services_and_five_thousand_routes_compile() {
-        let dir = tempfile::tempdir().unwrap();
-        let mesh_file = dir.path().join("devmesh.yaml");
-        std::fs::write(
-            &mesh_file,
+        let (_dir, _, topology) = crate::app::topology::planned_for_test(
             "services:\n  web:\n    ports: [{name: http, port: 80}]\n    workloads: [{command: [x]}]\n",
-        )
-        .unwrap();
+        );
         let mut d = Diagnostics::new();
-        let mesh = crate::config::mesh::load(&mesh_file, &mut d).unwrap();
-        let topology = Arc::new(crate::app::topology::plan(&mesh).unwrap());
         let t = std::time::Instant::now();
         let resources = crate::config::load::text(Arc::from("big.yaml"), &big_config(1000, 80), "default", &mut d);
         assert!(!d.has_errors(), "{}", d.render());
