@@ -16,32 +16,61 @@
 //! `EAGAIN`.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use rustix::net::{RecvFlags, SendFlags};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A connected TCP stream registered with the current runtime.
+use super::workers::LocalEnd;
+
+/// A connected TCP stream registered with the current runtime; for a connection a worker
+/// made to a loopback address, its local address recorded for the accepting side.
 #[derive(Debug)]
-pub struct Tcp(TcpStream);
+pub struct Tcp(TcpStream, #[allow(dead_code)] /* held: dropped with the connection */ Option<LocalEnd>);
 
 impl Tcp {
     #[cfg(test)]
     pub fn new(stream: TcpStream) -> Tcp {
-        Tcp(stream)
+        Tcp(stream, None)
     }
 
     /// Registers a connected std stream (already non-blocking) with the current runtime.
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<Tcp> {
-        TcpStream::from_std(stream).map(Tcp)
+        TcpStream::from_std(stream).map(|s| Tcp(s, None))
     }
 
-    /// Connects to `addr`.
-    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<Tcp> {
-        TcpStream::connect(addr).await.map(Tcp)
+    /// Connects to `addr`. On a worker, a loopback destination may be one of devmesh's own
+    /// listeners: the local address is recorded with the worker as soon as the kernel picks
+    /// it (in the `connect` call, before the handshake is awaited), so that the accepting
+    /// side finds it ([`LocalEnd`]).
+    pub async fn connect(addr: SocketAddr) -> io::Result<Tcp> {
+        let worker = match super::workers::index() {
+            Some(w) if addr.ip().is_loopback() => w,
+            _ => return TcpStream::connect(addr).await.map(|s| Tcp(s, None)),
+        };
+        let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+        let fd =
+            rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) | Err(Errno::INPROGRESS) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let local = SocketAddr::try_from(rustix::net::getsockname(&fd)?)
+            .map_err(|_| io::Error::other("a TCP socket without an IP address"))?;
+        let end = LocalEnd::record(local, worker);
+        let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+        // As tokio's own connect: writable once the handshake ended, either way.
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        stream.peer_addr()?;
+        Ok(Tcp(stream, Some(end)))
     }
 }
 

@@ -2,12 +2,20 @@
 //! one worker, a single-threaded runtime that runs it and every upstream connection it opens.
 //! Connection pools are per worker ([`PerWorker`]), so a request never crosses threads; that
 //! halves the cycles per request compared with a work-stealing runtime (docs/PERFORMANCE.md).
+//!
+//! Every sidecar and gateway of a mesh lives in this one process, so a mesh hop (a sidecar or
+//! the gateway calling another sidecar's inbound listener) is a connection from devmesh to
+//! itself. Its accepted end goes to the worker that runs its connecting end ([`LocalEnd`]):
+//! a request then crosses the hop without waking another thread, where Envoy sidecars in two
+//! pods wake two. Other connections are dealt round robin.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -16,18 +24,65 @@ use super::tcp::Tcp;
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The index of the worker running the caller (0 outside workers).
 pub fn current() -> usize {
+    index().unwrap_or(0)
+}
+
+/// The index of the worker running the caller, `None` outside workers.
+pub fn index() -> Option<usize> {
     WORKER.with(|w| w.get())
 }
 
+/// The workers running devmesh's own connections to loopback addresses, by the connections'
+/// local addresses.
+fn local_ends() -> &'static Mutex<HashMap<SocketAddr, usize>> {
+    static ENDS: OnceLock<Mutex<HashMap<SocketAddr, usize>>> = OnceLock::new();
+    ENDS.get_or_init(Mutex::default)
+}
+
+/// The connecting end of one of devmesh's connections to a loopback address, recorded with
+/// the worker running it for as long as the connection lives, so that devmesh, accepting the
+/// other end, runs it on the same worker. Recorded once per upstream connection (pools keep
+/// them) and looked up once per accepted connection from a loopback address.
+#[derive(Debug)]
+pub struct LocalEnd(SocketAddr);
+
+impl LocalEnd {
+    pub fn record(local: SocketAddr, worker: usize) -> LocalEnd {
+        if let Ok(mut ends) = local_ends().lock() {
+            ends.insert(local, worker);
+        }
+        LocalEnd(local)
+    }
+}
+
+impl Drop for LocalEnd {
+    fn drop(&mut self) {
+        if let Ok(mut ends) = local_ends().lock() {
+            ends.remove(&self.0);
+        }
+    }
+}
+
+/// The worker running the connecting end of a connection devmesh accepted from `peer`, when
+/// devmesh made it.
+fn worker_of(peer: SocketAddr) -> Option<usize> {
+    if !peer.ip().is_loopback() {
+        return None;
+    }
+    local_ends().lock().ok()?.get(&peer).copied()
+}
+
 pub struct Workers {
-    senders: Vec<mpsc::UnboundedSender<Job>>,
+    senders: Senders,
     next: AtomicUsize,
 }
+
+type Senders = Arc<[mpsc::UnboundedSender<Job>]>;
 
 /// How many workers: `DEVMESH_CONCURRENCY`, else one per core up to 4.
 pub fn default_count() -> usize {
@@ -48,7 +103,7 @@ impl Workers {
             // orphaned children at every park (~0.3% of a worker's cycles under load).
             let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
             std::thread::Builder::new().name(format!("devmesh-worker-{i}")).spawn(move || {
-                WORKER.with(|w| w.set(i));
+                WORKER.with(|w| w.set(Some(i)));
                 rt.block_on(async move {
                     while let Some(job) = rx.recv().await {
                         tokio::spawn(job);
@@ -57,15 +112,15 @@ impl Workers {
             })?;
             senders.push(tx);
         }
-        Ok(Workers { senders, next: AtomicUsize::new(0) })
+        Ok(Workers { senders: senders.into(), next: AtomicUsize::new(0) })
     }
 
     pub fn count(&self) -> usize {
         self.senders.len()
     }
 
-    /// Runs a connection on the next worker: `handle` gets the stream registered with that
-    /// worker's runtime.
+    /// Runs a connection on a worker (the one running its other end when devmesh made it,
+    /// else the next one): `handle` gets the stream registered with that worker's runtime.
     pub fn connection<F, Fut>(&self, stream: tokio::net::TcpStream, peer: SocketAddr, handle: F)
     where
         F: FnOnce(Tcp, SocketAddr) -> Fut + Send + 'static,
@@ -78,16 +133,40 @@ impl Workers {
                 return;
             }
         };
-        let job: Job = Box::pin(async move {
-            match Tcp::from_std(std) {
-                Ok(s) => handle(s, peer).await,
-                Err(e) => tracing::warn!("worker cannot register a connection: {e}"),
-            }
-        });
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        if self.senders[i].send(job).is_err() {
-            tracing::warn!("worker {i} is gone; connection from {peer} dropped");
+        let (i, known) = match worker_of(peer) {
+            Some(i) if i < self.senders.len() => (i, true),
+            _ => (self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len(), false),
+        };
+        // devmesh's own connecting end records its address right after its `connect` call,
+        // and the accept can come first: such a connection is looked up again on its worker.
+        let look_again = !known && peer.ip().is_loopback();
+        dispatch(self.senders.clone(), i, std, peer, handle, look_again);
+    }
+}
+
+/// Sends a connection to worker `i`; with `look_again`, the worker first checks whether
+/// another worker runs its other end and passes it on (nothing read or registered yet).
+fn dispatch<F, Fut>(senders: Senders, i: usize, std: std::net::TcpStream, peer: SocketAddr, handle: F, look_again: bool)
+where
+    F: FnOnce(Tcp, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let to = senders.clone();
+    let job: Job = Box::pin(async move {
+        if look_again
+            && let Some(j) = worker_of(peer)
+            && j != i
+            && j < senders.len()
+        {
+            return dispatch(senders, j, std, peer, handle, false);
         }
+        match Tcp::from_std(std) {
+            Ok(s) => handle(s, peer).await,
+            Err(e) => tracing::warn!("worker cannot register a connection: {e}"),
+        }
+    });
+    if to[i].send(job).is_err() {
+        tracing::warn!("worker {i} is gone; connection from {peer} dropped");
     }
 }
 
@@ -133,5 +212,71 @@ mod tests {
         assert!(seen.iter().all(|(i, name)| name.as_deref() == Some(&format!("devmesh-worker-{i}")[..])));
         let per = PerWorker::new(2, || 7);
         assert_eq!(*per.get(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_connection_devmesh_makes_to_itself_is_accepted_on_the_worker_that_made_it() {
+        let workers = std::sync::Arc::new(Workers::start(2).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ran_on, mut ran) = mpsc::unbounded_channel();
+        let (made_tx, mut made) = mpsc::unbounded_channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        // Worker 1 opens four connections (a sidecar's pool) and keeps them until told.
+        let connecting = workers.senders[1].clone();
+        let job: Job = Box::pin(async move {
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                let tcp = Tcp::connect(addr).await.unwrap();
+                made_tx.send((current(), tcp.local_addr().unwrap())).unwrap();
+                held.push(tcp);
+            }
+            let _ = done.await;
+        });
+        assert!(connecting.send(job).is_ok());
+        let mut locals = Vec::new();
+        for _ in 0..4 {
+            let (s, peer) = listener.accept().await.unwrap();
+            let (by, local) = made.recv().await.unwrap();
+            locals.push(local);
+            assert_eq!((by, local), (1, peer), "made on worker 1, from the address devmesh accepts");
+            let ran_on = ran_on.clone();
+            workers.connection(s, peer, move |_s, _| async move {
+                let _ = ran_on.send(current());
+            });
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(ran.recv().await.unwrap());
+        }
+        assert_eq!(seen, [1, 1, 1, 1], "round robin would have given 0 and 1 in turn");
+        // Closed connections are forgotten; a connection from elsewhere is dealt round robin.
+        assert!(locals.iter().all(|l| worker_of(*l) == Some(1)));
+        done_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while locals.iter().any(|l| worker_of(*l).is_some()) {
+            assert!(std::time::Instant::now() < deadline, "closed connections stay recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(worker_of(client.local_addr().unwrap()), None);
+
+        // Accepted before its other end was recorded: worker 0 (round robin; held busy here
+        // until the record exists) passes it on to worker 1, which runs the other end.
+        let fresh = Workers::start(2).unwrap();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy: Job = Box::pin(async move {
+            let _ = hold.recv();
+        });
+        assert!(fresh.senders[0].send(busy).is_ok());
+        let (s, peer) = listener.accept().await.unwrap();
+        let ran_on = ran_on.clone();
+        fresh.connection(s, peer, move |_s, _| async move {
+            let _ = ran_on.send(current());
+        });
+        let _end = LocalEnd::record(peer, 1);
+        release.send(()).unwrap();
+        assert_eq!(ran.recv().await.unwrap(), 1, "looked up again on the worker it was dealt to");
+        drop(client);
     }
 }
