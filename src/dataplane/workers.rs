@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_connecting_to_a_closed_loopback_port_is_refused_as_tokio_would_say() {
+        let workers = Workers::start(1).unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::pin(async move {
+            let _ = tx.send((index(), Tcp::connect(closed).await.map(|_| ()).map_err(|e| e.kind())));
+        });
+        assert!(workers.senders[0].send(job).is_ok());
+        let (on, result) = rx.await.unwrap();
+        assert_eq!(on, Some(0), "the recording connect path ran");
+        assert_eq!(result, Err(std::io::ErrorKind::ConnectionRefused));
+    }
+
+    #[tokio::test]
     async fn a_connection_devmesh_makes_to_itself_is_accepted_on_the_worker_that_made_it() {
         let workers = std::sync::Arc::new(Workers::start(2).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
