@@ -76,16 +76,16 @@ impl Retired {
     /// Frees the retired snapshots no one else holds; how many are still held.
     fn sweep(&self) -> usize {
         // Taken out of the lock first: freeing them does not block a reload's `push`.
-        let free: Vec<Arc<MeshSnapshot>> = match self.0.lock() {
+        let (free, held): (Vec<Arc<MeshSnapshot>>, usize) = match self.0.lock() {
             Ok(mut r) => {
                 let (free, held) = r.drain(..).partition(|s| Arc::strong_count(s) == 1);
                 *r = held;
-                free
+                (free, r.len())
             }
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), 0),
         };
         drop(free);
-        self.0.lock().map_or(0, |r| r.len())
+        held
     }
 }
 
