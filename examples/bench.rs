@@ -212,9 +212,34 @@ fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The vCPUs a process may run on, as `taskset -c -p` prints them (`0-3,6`).
+fn affinity(pid: u32) -> Option<String> {
+    let out = Command::new("taskset").args(["-c", "-p", &pid.to_string()]).stderr(Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).rsplit(':').next()?.trim().to_string())
+}
+
+/// Sets the vCPUs of every thread of `pid`.
+fn set_affinity(pid: u32, cpus: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The highest-numbered vCPU of a `taskset` list.
+fn last_cpu(list: &str) -> Option<usize> {
+    list.split(',').filter_map(|part| part.rsplit('-').next()?.trim().parse().ok()).max()
+}
+
 #[derive(Clone, Debug, Default)]
 struct Run {
     rps: f64,
+    mean_ms: f64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -238,7 +263,19 @@ fn parse_time_ms(s: &str) -> f64 {
 
 /// Runs wrk against `url` (a Lua script sets an absolute-form path for proxy requests).
 fn wrk(url: &str, conns: u32, secs: u64, script: Option<&Path>, watch: &[u32], tck: f64) -> Run {
-    let mut cmd = Command::new("wrk");
+    wrk_on(None, url, conns, secs, script, watch, tck)
+}
+
+/// [`wrk`], run on the vCPU `cpu` when one is given.
+fn wrk_on(cpu: Option<usize>, url: &str, conns: u32, secs: u64, script: Option<&Path>, watch: &[u32], tck: f64) -> Run {
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string(), "wrk"]);
+            cmd
+        }
+        None => Command::new("wrk"),
+    };
     cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "--timeout", "5s"]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
@@ -269,6 +306,8 @@ fn wrk(url: &str, conns: u32, secs: u64, script: Option<&Path>, watch: &[u32], t
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
             run.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("Latency").filter(|v| !v.contains("Distribution")) {
+            run.mean_ms = v.split_whitespace().next().map_or(0.0, parse_time_ms);
         } else if let Some(v) = t.strip_prefix("50%") {
             run.p50_ms = parse_time_ms(v);
         } else if let Some(v) = t.strip_prefix("90%") {
@@ -619,6 +658,37 @@ fn main() {
         "nginx_added_p90_ms": p90_at_1000("nginx 1-hop") - p90_at_1000("direct"),
     });
 
+    // c=1 again with wrk, every proxy and the app on one vCPU. Unpinned, a c=1 request's
+    // latency is mostly where the scheduler happens to put wrk, the proxy and the app: on a VM
+    // a wakeup that crosses to the other vCPU costs tens of microseconds, and which placement a
+    // run gets changes from run to run (and, for nginx, whenever it recycles a connection after
+    // `keepalive_requests`). On one vCPU every wakeup is local, so the added latency is the
+    // proxy's own time per request. Affinities are put back afterwards.
+    let pinned: Vec<u32> = [tree(dpid), tree(nginx.0.id()), tree(haproxy.0.id())].concat();
+    let saved: Vec<(u32, String)> = pinned.iter().filter_map(|p| Some((*p, affinity(*p)?))).collect();
+    let cpu = affinity(std::process::id()).as_deref().and_then(last_cpu);
+    let mut one_cpu: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    match cpu {
+        Some(cpu) if saved.len() == pinned.len() => {
+            if pinned.iter().all(|p| set_affinity(*p, &cpu.to_string())) {
+                for _ in 0..o.rounds {
+                    for t in &targets {
+                        let run = wrk_on(Some(cpu), &t.url, 1, o.duration.min(5), t.script.as_deref(), &[], tck);
+                        one_cpu.entry(t.name).or_default().push(run);
+                    }
+                }
+            } else {
+                eprintln!("bench: could not pin the processes to vCPU {cpu}; no one-vCPU c=1 runs");
+            }
+            for (p, list) in &saved {
+                set_affinity(*p, list);
+            }
+        }
+        _ => eprintln!("bench: taskset is not available; no one-vCPU c=1 runs"),
+    }
+    let one_cpu_direct = one_cpu.get("direct").cloned().unwrap_or_default();
+    let one_cpu_nginx = one_cpu.get(NGINX).cloned().unwrap_or_default();
+
     let rounds_of = |name: &str| results.get(name).cloned().unwrap_or_default();
     let direct = rounds_of("direct");
     let nginx_r = rounds_of(NGINX);
@@ -654,8 +724,30 @@ fn main() {
                 )
                 .collect(),
         );
+        // One vCPU: medians of the per-round differences, so drift between rounds cancels.
+        let pinned_runs = one_cpu.get(t.name).cloned().unwrap_or_default();
+        let paired = |base: &[Run], f: fn(&Run) -> f64| {
+            if pinned_runs.is_empty() || base.is_empty() {
+                return Value::Null;
+            }
+            json!(median(pinned_runs.iter().zip(base).map(|(a, b)| f(a) - f(b)).collect()))
+        };
+        let one_cpu_row = if pinned_runs.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "p50_ms": median(pinned_runs.iter().map(|r| r.p50_ms).collect()),
+                "mean_ms": median(pinned_runs.iter().map(|r| r.mean_ms).collect()),
+                "rps": median(pinned_runs.iter().map(|r| r.rps).collect()),
+                "added_p50_ms": paired(&one_cpu_direct, |r| r.p50_ms),
+                "added_mean_ms": paired(&one_cpu_direct, |r| r.mean_ms),
+                "mean_minus_nginx_ms": paired(&one_cpu_nginx, |r| r.mean_ms),
+                "errors": pinned_runs.iter().map(|r| r.errors).sum::<u64>(),
+            })
+        };
         rows.push(json!({
             "target": t.name,
+            "c1_one_vcpu": one_cpu_row,
             "c32_rps": median(rs.iter().map(|(a, _)| a.rps).collect()),
             "c32_p50_ms": median(rs.iter().map(|(a, _)| a.p50_ms).collect()),
             "c32_p99_ms": median(rs.iter().map(|(a, _)| a.p99_ms).collect()),
@@ -723,6 +815,29 @@ fn main() {
             f("rss_under_load_mib", 1),
             r["errors"],
         );
+    }
+    if rows.iter().any(|r| !r["c1_one_vcpu"].is_null()) {
+        println!(
+            "\nc=1 with wrk, the proxy and the app on one vCPU (every wakeup local: the proxy's own time per request):"
+        );
+        println!(
+            "{:<32} {:>9} {:>8} {:>9} {:>9} {:>10} {:>14}",
+            "target", "req/s", "p50 ms", "mean ms", "+p50 ms", "+mean ms", "mean - nginx"
+        );
+        for r in &rows {
+            let p = &r["c1_one_vcpu"];
+            let f = |k: &str, d: usize| p[k].as_f64().map_or("-".to_string(), |v| format!("{v:.d$}"));
+            println!(
+                "{:<32} {:>9} {:>8} {:>9} {:>9} {:>10} {:>14}",
+                r["target"].as_str().unwrap_or(""),
+                f("rps", 0),
+                f("p50_ms", 3),
+                f("mean_ms", 4),
+                f("added_p50_ms", 3),
+                f("added_mean_ms", 4),
+                f("mean_minus_nginx_ms", 4),
+            );
+        }
     }
     let fmt_startup = |s: &Option<(f64, u64)>| {
         s.map_or("not measured".to_string(), |(ms, kb)| {

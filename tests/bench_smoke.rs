@@ -66,6 +66,15 @@ fn bench_harness_produces_a_complete_table() {
             }
         }
         assert_eq!(r["errors"], 0, "{r}");
+        // c=1 with everything on one vCPU (taskset, from util-linux, is on every Debian/Ubuntu).
+        if has("taskset") {
+            let pinned = &r["c1_one_vcpu"];
+            for key in ["rps", "p50_ms", "mean_ms"] {
+                assert!(pinned[key].as_f64().unwrap_or(0.0) > 0.0, "one-vCPU {key} of {}: {r}", r["target"]);
+            }
+            assert!(pinned["added_mean_ms"].is_f64() && pinned["mean_minus_nginx_ms"].is_f64(), "{r}");
+            assert_eq!(pinned["errors"], 0, "{r}");
+        }
         let rounds = r["vs_nginx_c32_rounds"].as_array().unwrap();
         assert_eq!(rounds.len(), 1, "one paired ratio per round: {r}");
         assert!(rounds[0].as_f64().unwrap_or(0.0) > 0.0, "{r}");
@@ -81,4 +90,7 @@ fn bench_harness_produces_a_complete_table() {
     assert!(reload["requests"].as_f64().unwrap_or(0.0) > 0.0, "{reload}");
     assert_eq!(reload["failed_requests"], 0, "{reload}");
     assert!(stdout.contains("reload 1 (1000 services, 5000 routes"), "{stdout}");
+    if has("taskset") {
+        assert!(stdout.contains("c=1 with wrk, the proxy and the app on one vCPU"), "{stdout}");
+    }
 }
