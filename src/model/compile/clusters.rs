@@ -29,7 +29,9 @@ pub struct Clusters<'a> {
     /// Rules by exact host; rules with a wildcard host apart.
     exact: HashMap<String, Vec<usize>>,
     wildcard: Vec<usize>,
-    cache: BTreeMap<(String, ClusterKey), Arc<Cluster>>,
+    /// Clusters built so far, by client namespace and host: a host has a few (port, subset)
+    /// clusters, and most lookups find one, so a lookup allocates nothing.
+    cache: HashMap<String, HashMap<String, Vec<Arc<Cluster>>>>,
 }
 
 struct Rule<'a> {
@@ -103,7 +105,7 @@ impl<'a> Clusters<'a> {
                 exact.entry(r.host.clone()).or_default().push(i);
             }
         }
-        Clusters { topology, registry, rules, exact, wildcard, cache: BTreeMap::new() }
+        Clusters { topology, registry, rules, exact, wildcard, cache: HashMap::new() }
     }
 
     /// The DestinationRule for `host` (fully qualified) as seen from `client_ns`.
@@ -141,7 +143,12 @@ impl<'a> Clusters<'a> {
 
     /// Every cluster built so far for `client_ns`.
     pub fn built(&self, client_ns: &str) -> BTreeMap<ClusterKey, Arc<Cluster>> {
-        self.cache.iter().filter(|((ns, _), _)| ns == client_ns).map(|((_, k), c)| (k.clone(), c.clone())).collect()
+        self.cache
+            .get(client_ns)
+            .into_iter()
+            .flat_map(|h| h.values().flatten())
+            .map(|c| (c.key.clone(), c.clone()))
+            .collect()
     }
 
     /// The cluster for a destination; `service` is its registry index when the host is known.
@@ -153,13 +160,23 @@ impl<'a> Clusters<'a> {
         subset: Option<&str>,
         port: u16,
     ) -> Arc<Cluster> {
-        let key = ClusterKey { host: host.to_string(), subset: subset.map(str::to_string), port };
-        let cache_key = (client_ns.to_string(), key);
-        if let Some(c) = self.cache.get(&cache_key) {
+        let cached = self.cache.get(client_ns).and_then(|h| h.get(host));
+        if let Some(c) = cached.into_iter().flatten().find(|c| c.key.port == port && c.key.subset.as_deref() == subset)
+        {
             return c.clone();
         }
-        let cluster = Arc::new(self.build(client_ns, service, cache_key.1.clone()));
-        self.cache.insert(cache_key, cluster.clone());
+        let key = ClusterKey { host: host.to_string(), subset: subset.map(str::to_string), port };
+        let cluster = Arc::new(self.build(client_ns, service, key));
+        let by_host = match self.cache.get_mut(client_ns) {
+            Some(h) => h,
+            None => self.cache.entry(client_ns.to_string()).or_default(),
+        };
+        match by_host.get_mut(host) {
+            Some(v) => v.push(cluster.clone()),
+            None => {
+                by_host.insert(host.to_string(), vec![cluster.clone()]);
+            }
+        }
         cluster
     }
 
