@@ -26,7 +26,7 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::workers::LocalEnd;
+use super::workers::{Connecting, LocalEnd};
 
 /// A connected TCP stream registered with the current runtime; for a connection a worker
 /// made to a loopback address, its local address recorded for the accepting side.
@@ -56,13 +56,15 @@ impl Tcp {
         let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
         let fd =
             rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?;
+        // Known before the call: the accept can come before `getsockname` below.
+        let connecting = Connecting::start(addr, worker);
         match rustix::net::connect(&fd, &addr) {
             Ok(()) | Err(Errno::INPROGRESS) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
         let local = SocketAddr::try_from(rustix::net::getsockname(&fd)?)
             .map_err(|_| io::Error::other("a TCP socket without an IP address"))?;
-        let end = LocalEnd::record(local, worker);
+        let end: LocalEnd = connecting.established(local);
         let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
         // As tokio's own connect: writable once the handshake ended, either way.
         stream.writable().await?;

@@ -37,11 +37,74 @@ pub fn index() -> Option<usize> {
     WORKER.with(|w| w.get())
 }
 
-/// The workers running devmesh's own connections to loopback addresses, by the connections'
-/// local addresses.
-fn local_ends() -> &'static Mutex<HashMap<SocketAddr, usize>> {
-    static ENDS: OnceLock<Mutex<HashMap<SocketAddr, usize>>> = OnceLock::new();
+/// devmesh's own connections to loopback addresses: the workers running their connecting
+/// ends, by the connections' local addresses, and the connects still in flight, by
+/// destination (a connection can be accepted before its local address is known: on
+/// loopback the handshake completes inside the `connect` call).
+#[derive(Default)]
+struct Ends {
+    by_local: HashMap<SocketAddr, usize>,
+    /// (destination, worker) of every connect in flight; a handful at a time.
+    connecting: Vec<(SocketAddr, usize)>,
+}
+
+impl Ends {
+    /// The worker connecting to `dest`, when exactly one is.
+    fn connecting_to(&self, dest: SocketAddr) -> Option<usize> {
+        let mut workers = self.connecting.iter().filter(|(d, _)| *d == dest).map(|(_, w)| *w);
+        let first = workers.next()?;
+        workers.all(|w| w == first).then_some(first)
+    }
+
+    fn forget_connect(&mut self, dest: SocketAddr, worker: usize) {
+        if let Some(i) = self.connecting.iter().position(|e| *e == (dest, worker)) {
+            self.connecting.swap_remove(i);
+        }
+    }
+}
+
+fn local_ends() -> &'static Mutex<Ends> {
+    static ENDS: OnceLock<Mutex<Ends>> = OnceLock::new();
     ENDS.get_or_init(Mutex::default)
+}
+
+fn ends() -> std::sync::MutexGuard<'static, Ends> {
+    match local_ends().lock() {
+        Ok(e) => e,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A connect from a worker to a loopback address, in flight: recorded before the `connect`
+/// call, so that devmesh, accepting the connection before its local address is known, can
+/// still tell which worker makes it. Becomes a [`LocalEnd`] once the local address is known;
+/// dropped (a failed connect), it is forgotten.
+#[derive(Debug)]
+pub struct Connecting {
+    dest: SocketAddr,
+    worker: usize,
+}
+
+impl Connecting {
+    pub fn start(dest: SocketAddr, worker: usize) -> Connecting {
+        ends().connecting.push((dest, worker));
+        Connecting { dest, worker }
+    }
+
+    /// The connection has its local address: from now on it is known by it.
+    pub fn established(self, local: SocketAddr) -> LocalEnd {
+        let mut e = ends();
+        e.by_local.insert(local, self.worker);
+        e.forget_connect(self.dest, self.worker);
+        std::mem::forget(self);
+        LocalEnd(local)
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        ends().forget_connect(self.dest, self.worker);
+    }
 }
 
 /// The connecting end of one of devmesh's connections to a loopback address, recorded with
@@ -52,19 +115,16 @@ fn local_ends() -> &'static Mutex<HashMap<SocketAddr, usize>> {
 pub struct LocalEnd(SocketAddr);
 
 impl LocalEnd {
+    #[cfg(test)]
     pub fn record(local: SocketAddr, worker: usize) -> LocalEnd {
-        if let Ok(mut ends) = local_ends().lock() {
-            ends.insert(local, worker);
-        }
+        ends().by_local.insert(local, worker);
         LocalEnd(local)
     }
 }
 
 impl Drop for LocalEnd {
     fn drop(&mut self) {
-        if let Ok(mut ends) = local_ends().lock() {
-            ends.remove(&self.0);
-        }
+        ends().by_local.remove(&self.0);
     }
 }
 
@@ -74,7 +134,27 @@ fn worker_of(peer: SocketAddr) -> Option<usize> {
     if !peer.ip().is_loopback() {
         return None;
     }
-    local_ends().lock().ok()?.get(&peer).copied()
+    ends().by_local.get(&peer).copied()
+}
+
+/// [`worker_of`], or, while the connecting end's address is not recorded yet, the one worker
+/// connecting to `local` (the accepted connection's own address), if only one is.
+fn worker_for(peer: SocketAddr, local: impl FnOnce() -> Option<SocketAddr>) -> Option<usize> {
+    if !peer.ip().is_loopback() {
+        return None;
+    }
+    {
+        let e = ends();
+        if let Some(w) = e.by_local.get(&peer) {
+            return Some(*w);
+        }
+        if e.connecting.is_empty() {
+            return None;
+        }
+    }
+    // A system call: not under the lock.
+    let local = local()?;
+    ends().connecting_to(local)
 }
 
 pub struct Workers {
@@ -126,6 +206,7 @@ impl Workers {
         F: FnOnce(Tcp, SocketAddr) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let found = worker_for(peer, || stream.local_addr().ok());
         let std = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -133,7 +214,7 @@ impl Workers {
                 return;
             }
         };
-        let (i, known) = match worker_of(peer) {
+        let (i, known) = match found {
             Some(i) if i < self.senders.len() => (i, true),
             _ => (self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len(), false),
         };
@@ -295,5 +376,50 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(ran.recv().await.unwrap(), 1, "looked up again on the worker it was dealt to");
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_connection_accepted_while_its_connect_is_in_flight_runs_on_the_connecting_worker() {
+        // On loopback the handshake completes inside `connect`, so devmesh can accept a
+        // connection before the connecting worker has learnt (and recorded) its local
+        // address; with one vCPU the accepting thread often runs first. The connect in
+        // flight is known by its destination: here a plain client stands for it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ran_on, mut ran) = mpsc::unbounded_channel();
+        let run = |workers: &Workers, s, peer| {
+            let ran_on = ran_on.clone();
+            workers.connection(s, peer, move |_s, _| async move {
+                let _ = ran_on.send(current());
+            });
+        };
+
+        let workers = Workers::start(2).unwrap();
+        let in_flight = Connecting::start(addr, 1);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (s, peer) = listener.accept().await.unwrap();
+        run(&workers, s, peer);
+        assert_eq!(ran.recv().await.unwrap(), 1, "round robin would have dealt it to worker 0");
+
+        // Two workers connecting to the same place: no telling which, so round robin.
+        let other = Connecting::start(addr, 0);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (s, peer) = listener.accept().await.unwrap();
+        run(&workers, s, peer);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (s, peer) = listener.accept().await.unwrap();
+        run(&workers, s, peer);
+        let mut dealt = [ran.recv().await.unwrap(), ran.recv().await.unwrap()];
+        dealt.sort();
+        assert_eq!(dealt, [0, 1]);
+
+        // Established, the connect is known by its local address only; failed, it is forgotten.
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let end = in_flight.established(local);
+        assert_eq!(worker_of(local), Some(1));
+        drop(other);
+        assert_eq!(ends().connecting_to(addr), None, "nothing in flight to {addr}");
+        drop(end);
+        assert_eq!(worker_of(local), None);
     }
 }
