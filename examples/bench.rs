@@ -155,7 +155,7 @@ fn get_status(addr: SocketAddr, path: &str) -> u16 {
 fn get_json(addr: SocketAddr, path: &str) -> Value {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| die(&e.to_string()));
-    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes());
+    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -430,12 +430,14 @@ fn big_config(n: usize, weight: u32) -> String {
 }
 
 /// POSTs YAML to the admin API; the parsed JSON reply and the wall time of the request.
-fn post_yaml(admin: SocketAddr, yaml: &str) -> (Value, f64) {
+/// `token` is the run's admin token (`<state dir>/admin-token`).
+fn post_yaml(admin: SocketAddr, token: &str, yaml: &str) -> (Value, f64) {
     use std::io::{Read, Write};
     let t = Instant::now();
     let Ok(mut s) = std::net::TcpStream::connect(admin) else { return (Value::Null, 0.0) };
     let head = format!(
-        "POST /resources?source=bench.yaml HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /resources?source=bench.yaml HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         yaml.len()
     );
     let _ = s.write_all(head.as_bytes());
@@ -450,13 +452,13 @@ fn post_yaml(admin: SocketAddr, yaml: &str) -> (Value, f64) {
 /// Applies a 1000-service / 5000-route configuration (created, then every VirtualService
 /// reconfigured) while wrk drives traffic through the gateway; reports devmesh's compile +
 /// swap time for each, the whole apply (read, validate, compile, swap) and failed requests.
-fn reload_under_load(admin: SocketAddr, gateway: SocketAddr, secs: u64, tck: f64) -> Value {
+fn reload_under_load(admin: SocketAddr, token: &str, gateway: SocketAddr, secs: u64, tck: f64) -> Value {
     let url = format!("http://{gateway}/hello");
     let load = std::thread::spawn(move || wrk(&url, 8, secs, None, &[], tck));
     std::thread::sleep(Duration::from_millis(500));
     let mut applies = Vec::new();
     for weight in [80, 60] {
-        let (reply, wall_ms) = post_yaml(admin, &big_config(1000, weight));
+        let (reply, wall_ms) = post_yaml(admin, token, &big_config(1000, weight));
         let changed =
             reply["results"].as_array().map_or(0, |r| r.iter().filter(|x| x["action"] != "unchanged").count());
         applies.push(json!({
@@ -506,6 +508,7 @@ fn main() {
     let _ = std::fs::write(tmp.join("routes.yaml"), routes);
     let dm = Devmesh::start(&devmesh, &tmp.join("devmesh.yaml"), &tmp.join("state"));
     let admin = dm.addr("admin ");
+    let admin_token = std::fs::read_to_string(tmp.join("state").join("admin-token")).unwrap_or_default();
     let gateway = dm.addr("istio-ingressgateway (port 80)");
     dm.wait_line("all workloads ready");
     let workloads = get_json(admin, "/workloads");
@@ -767,7 +770,7 @@ fn main() {
     }
     drop(nginx);
     drop(haproxy);
-    let reload = reload_under_load(admin, gateway, if o.smoke { 2 } else { 4 }, tck);
+    let reload = reload_under_load(admin, &admin_token, gateway, if o.smoke { 2 } else { 4 }, tck);
     drop(dm);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

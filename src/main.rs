@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Down(a) => cli::control::down(&a.admin).await,
+            Command::Down(a) => cli::control::down(a).await,
             Command::Get(a) => cli::get::run(a).await,
             Command::Apply(a) => cli::apply::apply(a).await,
             Command::Delete(a) => cli::apply::delete(a).await,

@@ -522,7 +522,7 @@ spec:
 #[test]
 fn admin_api_reports_readiness_workloads_and_config() {
     let m = demo();
-    let ready = http(m.admin, Req::get("/ready"));
+    let ready = m.admin(Req::get("/ready"));
     assert_eq!((ready.status, ready.text().as_str()), (200, "ready\n"));
     let wl = m.workloads();
     let names: Vec<&str> = wl.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
@@ -536,11 +536,11 @@ fn admin_api_reports_readiness_workloads_and_config() {
     assert!(b1["pid"].as_u64().unwrap() > 0);
     assert_eq!(b1["ports"][0]["port"], 8000);
     assert_eq!(b1["identity"], "spiffe://cluster.local/ns/default/sa/backend-sa");
-    let dump = http(m.admin, Req::get("/config_dump")).json();
+    let dump = m.admin(Req::get("/config_dump")).json();
     assert_eq!(dump["resources"].as_array().unwrap().len(), 2);
     assert!(dump["compiled"]["clusters"]["outbound|8000||backend.default.svc.cluster.local"].is_object());
-    assert_eq!(http(m.admin, Req::get("/nope")).status, 404);
-    assert_eq!(http(m.admin, Req::get("/shutdown")).status, 405, "shutdown is POST only");
+    assert_eq!(m.admin(Req::get("/nope")).status, 404);
+    assert_eq!(m.admin(Req::get("/shutdown")).status, 405, "shutdown is POST only");
 
     let (code, out, _) = devmesh(&["get", "workloads", "--admin", &m.admin.to_string()], m.dir.path());
     assert_eq!(code, 0);

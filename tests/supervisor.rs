@@ -81,7 +81,7 @@ fn restart_policies_never_and_on_failure_with_exit_zero() {
     assert_eq!(m.workload("clean")["state"], "Exited(0)", "on-failure does not restart a clean exit");
     assert!(!m.log().contains("once                  restarting"));
     // Not every workload is ready now, and a service whose instances are gone has no endpoint.
-    assert_eq!(http(m.admin, Req::get("/ready")).status, 503);
+    assert_eq!(m.admin(Req::get("/ready")).status, 503);
     let proxy: std::net::SocketAddr = m.workload("crashy")["outbound_proxy"].as_str().unwrap().parse().unwrap();
     let r = http(proxy, Req::get("http://steady/get").host("steady"));
     assert_eq!((r.status, r.text().as_str()), (503, "no healthy upstream"));

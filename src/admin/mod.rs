@@ -4,3 +4,4 @@ pub mod client;
 pub mod proxy_config;
 pub mod resources;
 pub mod server;
+pub mod token;

@@ -1,6 +1,9 @@
 //! The admin API (DESIGN.md §4), HTTP/1.1 on loopback: `/ready`, `/workloads`,
 //! `/config_dump`, `/resources` (list, apply, delete), `/proxy-config`, `/shutdown`.
-//! Requests from non-loopback peers are refused.
+//! Requests from non-loopback peers are refused, and so is every request a web page could
+//! make the browser send (see [`guard`]): a `Host` that is not the admin's own address (DNS
+//! rebinding), a foreign `Origin` (CSRF), a state change without the run's bearer token or
+//! with a content type a form can send.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +49,10 @@ pub struct State {
     /// The resource store and the reload path (warnings of the running configuration too).
     pub control: Arc<ControlPlane>,
     pub telemetry: crate::telemetry::Telemetry,
+    /// Where the admin API listens (the `Host` values it answers are derived from it).
+    pub addr: SocketAddr,
+    /// The run's bearer token (`super::token`).
+    pub token: String,
 }
 
 impl State {
@@ -148,11 +155,130 @@ fn allowed(peer: SocketAddr) -> bool {
 }
 
 /// The largest request body the admin API reads (an `apply` of many files).
-const MAX_BODY: usize = 32 * 1024 * 1024;
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Read-only telemetry that scripts and Prometheus read without the token (still only with
+/// the admin's own `Host` and no foreign `Origin`).
+fn tokenless(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (matches!(path, "/ready" | "/workloads" | "/stats/prometheus" | "/events" | "/traces")
+            || path.starts_with("/traces/"))
+}
+
+/// Is `host` (a `Host` header or an origin's authority) this admin's own address: the bound
+/// `ip:port`, `localhost:port`, or any loopback address on the port when bound to all?
+fn own_host(bound: SocketAddr, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let Some((name, port)) = host.rsplit_once(':') else { return false };
+    if port.parse::<u16>().ok() != Some(bound.port()) {
+        return false;
+    }
+    if name == "localhost" {
+        return true;
+    }
+    let ip: Option<std::net::IpAddr> = name.trim_start_matches('[').trim_end_matches(']').parse().ok();
+    match ip {
+        Some(ip) if bound.ip().is_unspecified() => ip.is_loopback(),
+        Some(ip) => ip == bound.ip(),
+        None => false,
+    }
+}
+
+fn refused(status: StatusCode, msg: &str) -> (StatusCode, String) {
+    (status, msg.to_string())
+}
+
+fn refuse(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    let mut r = json_response(status, &json!({"errors": [msg]}));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"devmesh\""));
+    }
+    r
+}
+
+/// What protects the API from the browser next to it and from other users of the machine:
+/// the `Host` must be the admin's own (a DNS-rebinding page sends its own name), an `Origin`
+/// must be the admin's own (a cross-site form or fetch carries the page's), a state change
+/// must carry a content type a form cannot send, and everything but read-only telemetry needs
+/// the run's bearer token (a custom header, so a browser would also need a CORS preflight,
+/// which the API never grants).
+pub fn guard<B>(
+    bound: SocketAddr,
+    token: &str,
+    peer: SocketAddr,
+    req: &Request<B>,
+) -> Result<(), (StatusCode, String)> {
+    if !allowed(peer) {
+        return Err(refused(StatusCode::FORBIDDEN, "the admin API answers loopback clients only"));
+    }
+    let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let first = hosts.next()?.to_str().ok()?.to_string();
+        hosts.next().is_none().then_some(first)
+    });
+    let Some(host) = host.filter(|h| own_host(bound, h)) else {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Host {:?} is not this admin API's address ({bound} or localhost:{}); refused (DNS rebinding guard)",
+                req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+                bound.port()
+            ),
+        ));
+    };
+    for origin in req.headers().get_all(header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        let ok = o.strip_prefix("http://").is_some_and(|a| own_host(bound, a) && a.eq_ignore_ascii_case(&host));
+        if !ok {
+            return Err(refused(StatusCode::FORBIDDEN, &format!("cross-origin request from {o:?} refused")));
+        }
+    }
+    let method = req.method();
+    if tokenless(method, req.uri().path()) {
+        return Ok(());
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        Some(t) if super::token::same(t.as_bytes(), token.as_bytes()) => {}
+        Some(_) => {
+            return Err(refused(
+                StatusCode::UNAUTHORIZED,
+                "wrong admin token (this mesh's is in <state dir>/admin-token)",
+            ));
+        }
+        None => {
+            return Err(refused(
+                StatusCode::UNAUTHORIZED,
+                "this request needs the admin token: the devmesh CLI finds it for --admin ADDR; \
+                 scripts send `Authorization: Bearer $(cat <state dir>/admin-token)`",
+            ));
+        }
+    }
+    let changes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let has_body =
+        req.headers().contains_key(header::CONTENT_LENGTH) || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if changes && has_body && method == Method::POST {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let empty = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
+        if !empty && !matches!(mime.as_str(), "application/json" | "application/yaml" | "application/x-yaml") {
+            return Err(refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Content-Type {ct:?} refused: send application/json or application/yaml"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Response<ProxyBody> {
-    if !allowed(peer) {
-        return text(StatusCode::FORBIDDEN, "the admin API answers loopback clients only\n");
+    if let Err((status, why)) = guard(state.addr, &state.token, peer, &req) {
+        return refuse(status, &why);
     }
     let path = req.uri().path().to_string();
     let q = resources::query(req.uri().query());
@@ -181,6 +307,18 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(e) => json_response(StatusCode::NOT_FOUND, &json!({"errors": [e]})),
         },
+        (Method::POST, "/resources")
+            if req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > MAX_BODY as u64) =>
+        {
+            json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"errors": [format!("request body larger than the admin API's limit of {} MiB; apply fewer files at once", MAX_BODY >> 20)]}),
+            )
+        }
         (Method::POST, "/resources") => {
             let json_body = req
                 .headers()
@@ -189,6 +327,12 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
                 .is_some_and(|v| v.starts_with("application/json"));
             let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return json_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &json!({"errors": [format!("request body larger than the admin API's limit of {} MiB; apply fewer files at once", MAX_BODY >> 20)]}),
+                    );
+                }
                 Err(e) => {
                     return json_response(StatusCode::BAD_REQUEST, &json!({"errors": [format!("request body: {e}")]}));
                 }
@@ -264,5 +408,24 @@ mod tests {
         assert!(allowed("[::ffff:127.0.0.1]:5000".parse().unwrap()));
         assert!(!allowed("192.168.1.10:5000".parse().unwrap()));
         assert!(!allowed("[2001:db8::1]:5000".parse().unwrap()));
+    }
+
+    #[test]
+    fn only_the_admins_own_host_is_answered() {
+        let bound: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        assert!(own_host(bound, "127.0.0.1:15000"));
+        assert!(own_host(bound, "LOCALHOST:15000"));
+        assert!(!own_host(bound, "localhost"), "no port: not ours");
+        assert!(!own_host(bound, "localhost:15001"));
+        assert!(!own_host(bound, "127.0.0.2:15000"));
+        assert!(!own_host(bound, "evil.example:15000"));
+        assert!(!own_host(bound, "127.0.0.1.evil.example:15000"));
+        let any: SocketAddr = "0.0.0.0:15000".parse().unwrap();
+        assert!(own_host(any, "127.0.0.9:15000"));
+        assert!(own_host(any, "[::1]:15000"));
+        assert!(!own_host(any, "10.0.0.1:15000"));
+        let v6: SocketAddr = "[::1]:15000".parse().unwrap();
+        assert!(own_host(v6, "[::1]:15000"));
+        assert!(!own_host(v6, "127.0.0.1:15000"));
     }
 }

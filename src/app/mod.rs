@@ -70,9 +70,9 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     let ca = Ca::load_or_create(&ca::dir(&state_dir))?;
     let certs = Certs::new(Arc::new(ca), CERT_TTL)?;
 
-    let admin_listener =
-        TcpListener::bind(&opts.admin).await.with_context(|| format!("admin API: cannot listen on {}", opts.admin))?;
+    let admin_listener = bind_admin(&opts.admin).await?;
     let admin_addr = admin_listener.local_addr()?;
+    let (admin_token, token_warning) = crate::admin::token::publish(&state_dir, admin_addr)?;
     let (topology, listeners) = topology::bind(&mesh)?;
     let topology = Arc::new(topology);
 
@@ -88,6 +88,9 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     };
     for w in control.warnings() {
         eprintln!("{w}");
+    }
+    if let Some(w) = token_warning {
+        eprintln!("warning: {w}");
     }
     let snapshot: Shared = control.snapshot.clone();
 
@@ -175,6 +178,8 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         started: t0,
         control: control.clone(),
         telemetry: telemetry.clone(),
+        addr: admin_addr,
+        token: admin_token.token().to_string(),
     });
     events.emit(Lifecycle::Listening { what: "admin".into(), addr: format!("http://{admin_addr}") });
     tokio::spawn(admin::serve(admin_listener, state.clone(), dataplane_stop.clone()));
@@ -230,7 +235,21 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     // don't wait for it beyond one drain.
     std::thread::sleep(Duration::from_millis(150));
     drop(access_log);
+    drop(admin_token);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the admin API; an address in use most likely means a mesh is already running there.
+async fn bind_admin(addr: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "admin API: {addr} is already in use, most likely by another running mesh: reach it with \
+             `devmesh get workloads --admin {addr}`, stop it with `devmesh down --admin {addr}`, \
+             or start this one with another --admin address"
+        ),
+        Err(e) => Err(e).with_context(|| format!("admin API: cannot listen on {addr}")),
+    }
 }
 
 async fn wait_for_stop(stop: &CancellationToken) {

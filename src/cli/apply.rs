@@ -11,7 +11,6 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{ApplyArgs, DeleteArgs};
-use crate::admin::client::Client;
 use crate::config::diag::Diagnostics;
 use crate::config::istio::{Kind, ResourceKey};
 use crate::config::{load, source};
@@ -51,7 +50,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let inputs = read_inputs(&args.filename)?;
     let body =
         json!({"files": inputs.iter().map(|(name, text)| json!({"name": name, "text": text})).collect::<Vec<_>>()});
-    let client = Client::new(&args.admin.admin);
+    let client = args.admin.client();
     let path = if args.dry_run { "/resources?dryRun=true" } else { "/resources" };
     let reply = client.post_json(path, Bytes::from(serde_json::to_vec(&body)?)).await?;
     let v: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
@@ -117,7 +116,7 @@ pub async fn delete(args: &DeleteArgs) -> Result<ExitCode> {
             name: name.clone(),
         }]
     };
-    let client = Client::new(&args.admin.admin);
+    let client = args.admin.client();
     let mut failed = false;
     for key in &keys {
         let reply = client.request(http::Method::DELETE, &delete_path(key), Bytes::new()).await?;

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 
-use crate::admin::client::Client;
+use super::AdminArgs;
 
-pub async fn down(admin: &str) -> Result<ExitCode> {
-    let client = Client::new(admin);
+pub async fn down(args: &AdminArgs) -> Result<ExitCode> {
+    let admin = args.admin.as_str();
+    let client = args.client();
     let r = client.request(http::Method::POST, "/shutdown", Bytes::new()).await?;
     if r.status != 200 {
         bail!("shutdown refused: {} {}", r.status, String::from_utf8_lossy(&r.body).trim());

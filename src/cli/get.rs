@@ -6,7 +6,6 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::{GetArgs, Output};
-use crate::admin::client::Client;
 use crate::config::istio::Kind;
 
 enum What {
@@ -30,7 +29,7 @@ pub async fn run(args: &GetArgs) -> Result<ExitCode> {
             args.kind
         );
     };
-    let client = Client::new(&args.admin.admin);
+    let client = args.admin.client();
     let items: Vec<Value> = match &what {
         What::Workloads => match client.get_json("/workloads").await? {
             Value::Array(a) => a,

@@ -73,6 +73,16 @@ pub struct AdminArgs {
     /// Address of the running mesh's admin API
     #[arg(long, default_value = DEFAULT_ADMIN, env = "DEVMESH_ADMIN")]
     pub admin: String,
+    /// The mesh's admin token [default: found in this user's runtime file for --admin; it is
+    /// also in <state dir>/admin-token]
+    #[arg(long, env = "DEVMESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl AdminArgs {
+    pub fn client(&self) -> crate::admin::client::Client {
+        crate::admin::client::Client::new(&self.admin, self.admin_token.as_deref())
+    }
 }
 
 #[derive(Args)]

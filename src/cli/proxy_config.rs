@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::get::{render, s};
 use super::{Output, ProxyConfigArgs, ProxyConfigWhat};
-use crate::admin::client::Client;
 
 fn destinations(v: &Value) -> String {
     match v["action"].as_str() {
@@ -97,7 +96,7 @@ pub async fn run(args: &ProxyConfigArgs) -> Result<ExitCode> {
         ProxyConfigWhat::Endpoints => "endpoints",
         ProxyConfigWhat::Listeners => "listeners",
     };
-    let client = Client::new(&args.admin.admin);
+    let client = args.admin.client();
     let reply = client
         .request(http::Method::GET, &format!("/proxy-config/{what}/{}", args.workload), bytes::Bytes::new())
         .await?;

@@ -50,6 +50,17 @@ pub fn parse_documents(name: Arc<str>, text: &str, diags: &mut Diagnostics) -> D
 /// Reads and parses a file; a read failure becomes a diagnostic against the file itself.
 pub fn read_documents(path: &Path, diags: &mut Diagnostics) -> Option<Documents> {
     let name = display_name(path);
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > yaml::MAX_INPUT_BYTES as u64
+    {
+        let msg = format!(
+            "the file is {:.1} MiB, over devmesh's limit of {} MiB for YAML",
+            meta.len() as f64 / (1024.0 * 1024.0),
+            yaml::MAX_INPUT_BYTES >> 20
+        );
+        diags.error(&name, Pos::new(1, 1), msg);
+        return None;
+    }
     match std::fs::read_to_string(path) {
         Ok(text) => Some(parse_documents(name, &text, diags)),
         Err(e) => {

@@ -154,17 +154,44 @@ fn end_of(span: &Span) -> Pos {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq { pos: Pos, anchor: usize, items: Vec<Node>, start: usize, height: usize },
+    Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node>, start: usize, height: usize },
 }
 
-/// Parses a (multi-document) YAML stream. Empty documents are dropped. On a syntax error the
-/// documents before it are returned with the error.
+/// The most YAML text read as one stream (the admin API's request limit too).
+pub const MAX_INPUT_BYTES: usize = 32 * 1024 * 1024;
+/// The most nodes one stream may hold once aliases are expanded: a "billion laughs" file of a
+/// few hundred bytes expands past it at once and is refused before the copies are made. A
+/// 1000-service / 5000-route configuration is about 130,000.
+pub const MAX_NODES: usize = 1_000_000;
+/// The deepest nesting of sequences and mappings (serde-saphyr's own default budget).
+pub const MAX_DEPTH: usize = 64;
+
+/// Parses a (multi-document) YAML stream. Empty documents are dropped. On a syntax error, or
+/// when the stream is over a limit ([`MAX_INPUT_BYTES`], [`MAX_NODES`] with aliases expanded,
+/// [`MAX_DEPTH`]), the documents before it are returned with the error at its position.
 pub fn parse_stream(text: &str) -> (Vec<Node>, Option<SyntaxError>) {
     let mut docs = Vec::new();
+    if text.len() > MAX_INPUT_BYTES {
+        let message = format!(
+            "the YAML is {:.1} MiB, over devmesh's limit of {} MiB",
+            text.len() as f64 / (1024.0 * 1024.0),
+            MAX_INPUT_BYTES >> 20
+        );
+        return (docs, Some(SyntaxError { pos: Pos::new(1, 1), message }));
+    }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchor's node and its size in nodes (what an alias to it adds).
+    // Each anchor's node, its size in nodes (what an alias to it adds) and its height (an
+    // alias nests it where it stands: nesting is checked with aliases expanded too).
+    let mut anchors: HashMap<usize, (Node, usize, usize)> = HashMap::new();
     let mut root: Option<Node> = None;
+    // Nodes so far, aliases counted at their expanded size.
+    let mut total: usize = 0;
+    let over = |pos: Pos, what: &str| SyntaxError {
+        pos,
+        message: format!("{what}; refused (a YAML bomb's aliases, or a document far larger than any configuration)"),
+    };
     for item in Parser::new_from_str(text) {
         let (event, span) = match item {
             Ok(ev) => ev,
@@ -174,7 +201,8 @@ pub fn parse_stream(text: &str) -> (Vec<Node>, Option<SyntaxError>) {
                 return (docs, Some(SyntaxError { pos, message: e.info().to_string() }));
             }
         };
-        let done: Option<(Node, usize)> = match event {
+        // The finished node, its anchor, its size and its height.
+        let done: Option<(Node, usize, usize, usize)> = match event {
             Event::DocumentStart(..) => {
                 anchors.clear();
                 None
@@ -193,46 +221,80 @@ pub fn parse_stream(text: &str) -> (Vec<Node>, Option<SyntaxError>) {
                     end: end_of(&span),
                     value: Value::Scalar(Scalar { text: text.into_owned(), plain }),
                 };
-                Some((node, anchor))
+                total += 1;
+                Some((node, anchor, 1, 1))
             }
             Event::Alias(id) => {
-                let mut node = anchors.get(&id).cloned().unwrap_or_else(|| NULL_NODE.clone());
+                let (size, height) = anchors.get(&id).map(|(_, n, h)| (*n, *h)).unwrap_or((1, 1));
+                if stack.len() + height > MAX_DEPTH {
+                    let msg = format!("an alias nests this YAML more than {MAX_DEPTH} levels deep");
+                    return (docs, Some(over(pos_of(&span), &msg)));
+                }
+                total = total.saturating_add(size);
+                if total > MAX_NODES {
+                    let msg = format!("aliases expand this YAML past {MAX_NODES} nodes");
+                    return (docs, Some(over(pos_of(&span), &msg)));
+                }
+                let mut node = anchors.get(&id).map(|(n, ..)| n.clone()).unwrap_or_else(|| NULL_NODE.clone());
                 node.pos = pos_of(&span);
                 node.end = end_of(&span);
-                Some((node, 0))
+                Some((node, 0, size, height))
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return (docs, Some(over(pos_of(&span), &format!("nested more than {MAX_DEPTH} levels deep"))));
             }
             Event::SequenceStart(_, anchor, _) => {
-                stack.push(Frame::Seq { pos: pos_of(&span), anchor, items: Vec::new() });
+                total += 1;
+                stack.push(Frame::Seq { pos: pos_of(&span), anchor, items: Vec::new(), start: total, height: 0 });
                 None
             }
             Event::MappingStart(_, anchor, _) => {
-                stack.push(Frame::Map { pos: pos_of(&span), anchor, entries: Vec::new(), key: None });
+                total += 1;
+                let map =
+                    Frame::Map { pos: pos_of(&span), anchor, entries: Vec::new(), key: None, start: total, height: 0 };
+                stack.push(map);
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => {
-                    Some((Node { pos, end: end_of(&span), value: Value::Seq(items) }, anchor))
+                Some(Frame::Seq { pos, anchor, items, start, height }) => {
+                    let node = Node { pos, end: end_of(&span), value: Value::Seq(items) };
+                    Some((node, anchor, total - start + 1, height + 1))
                 }
                 _ => None,
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map { pos, anchor, entries, .. }) => {
-                    Some((Node { pos, end: end_of(&span), value: Value::Map(merge_keys(entries)) }, anchor))
-                }
+                Some(Frame::Map { pos, anchor, entries, start, height, .. }) => Some((
+                    Node { pos, end: end_of(&span), value: Value::Map(merge_keys(entries)) },
+                    anchor,
+                    total - start + 1,
+                    height + 1,
+                )),
                 _ => None,
             },
             _ => None,
         };
-        if let Some((node, anchor)) = done {
+        if total > MAX_NODES {
+            return (docs, Some(over(pos_of(&span), &format!("this YAML has more than {MAX_NODES} nodes"))));
+        }
+        if let Some((node, anchor, size, h)) = done {
             if anchor != 0 {
-                anchors.insert(anchor, node.clone());
+                anchors.insert(anchor, (node.clone(), size, h));
             }
             match stack.last_mut() {
                 None => root = Some(node),
-                Some(Frame::Seq { items, .. }) => items.push(node),
-                Some(Frame::Map { entries, key, .. }) => match key.take() {
-                    None => *key = Some(node),
-                    Some(k) => entries.push((k, node)),
+                Some(Frame::Seq { items, height, .. }) => {
+                    *height = (*height).max(h);
+                    items.push(node)
+                }
+                Some(Frame::Map { entries, key, height, .. }) => match key.take() {
+                    None => {
+                        *height = (*height).max(h);
+                        *key = Some(node)
+                    }
+                    Some(k) => {
+                        *height = (*height).max(h);
+                        entries.push((k, node))
+                    }
                 },
             }
         }
@@ -1088,5 +1150,59 @@ mod tests {
         assert_eq!(docs.len(), 1);
         let err = err.unwrap();
         assert_eq!(err.pos.line, 4);
+    }
+
+    /// `levels` anchors, each a list of ten aliases of the one before: 10^levels nodes.
+    pub(crate) fn alias_bomb(levels: usize) -> String {
+        let mut y = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for l in 1..levels {
+            let p = format!("*a{}", l - 1);
+            y.push_str(&format!("a{l}: &a{l} [{}]\n", vec![p; 10].join(", ")));
+        }
+        y
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let bomb = alias_bomb(9);
+        assert!(bomb.len() < 600, "{}", bomb.len());
+        let t = std::time::Instant::now();
+        let (docs, err) = parse_stream(&bomb);
+        let err = err.expect("refused");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(docs.is_empty());
+        assert!(err.message.contains("aliases expand this YAML past 1000000 nodes"), "{}", err.message);
+        // Line 6 (a5) holds 10^6 x with its aliases expanded.
+        assert_eq!(err.pos.line, 6, "{err:?}");
+        // Ordinary aliases are fine.
+        let (docs, err) = parse_stream(&alias_bomb(4));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(docs.len(), 1);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_and_without_aliases() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let (_, err) = parse_stream(&deep);
+        assert!(err.expect("refused").message.contains("more than 64 levels deep"));
+        let ok = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        assert!(parse_stream(&ok).1.is_none());
+        // Each alias nests a 40-deep anchor inside the next: 40 + 40 > 64.
+        let inner = format!("{}x{}", "[".repeat(40), "]".repeat(40));
+        let y = format!("a: &a {inner}\nb: &b {}*a{}\n", "[".repeat(30), "]".repeat(30));
+        let (_, err) = parse_stream(&y);
+        assert!(err.expect("refused").message.contains("an alias nests this YAML"));
+    }
+
+    #[test]
+    fn huge_input_is_refused_by_size() {
+        let big = "k: v\n".repeat(MAX_INPUT_BYTES / 5 + 1);
+        let (docs, err) = parse_stream(&big);
+        assert!(docs.is_empty());
+        assert!(err.expect("refused").message.contains("over devmesh's limit of 32 MiB"));
+        // Under the size limit but over the node limit.
+        let many = format!("[{}]", "1,".repeat(MAX_NODES + 5));
+        let (_, err) = parse_stream(&many);
+        assert!(err.expect("refused").message.contains("more than 1000000 nodes"));
     }
 }

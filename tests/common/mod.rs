@@ -171,8 +171,24 @@ impl Mesh {
         self.gateway.expect("the mesh has a gateway")
     }
 
+    /// The run's admin token (`<state dir>/admin-token`).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("admin-token")).expect("admin token").trim().to_string()
+    }
+
+    /// `req` to the admin API as the CLI sends it: its own Host, the token, and for a body
+    /// YAML's content type unless one is set.
+    pub fn admin(&self, mut req: Req) -> Resp {
+        req.host = Some(self.admin.to_string());
+        req.headers.push(("authorization".into(), format!("Bearer {}", self.token())));
+        if !req.body.is_empty() && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req.headers.push(("content-type".into(), "application/yaml".into()));
+        }
+        http(self.admin, req)
+    }
+
     pub fn workloads(&self) -> serde_json::Value {
-        let r = http(self.admin, Req::get("/workloads"));
+        let r = self.admin(Req::get("/workloads"));
         assert_eq!(r.status, 200);
         serde_json::from_slice(&r.body).expect("workloads json")
     }
@@ -186,7 +202,7 @@ impl Mesh {
 
     /// Applies YAML through the admin API (`POST /resources`); the reply must be 200.
     pub fn apply(&self, yaml: &str) -> serde_json::Value {
-        let r = http(self.admin, Req::post("/resources?source=test.yaml").with_body(yaml));
+        let r = self.admin(Req::post("/resources?source=test.yaml").with_body(yaml));
         assert_eq!(r.status, 200, "apply failed: {}", r.text());
         r.json()
     }
