@@ -236,6 +236,15 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Any
             tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 60.0))).await;
             json_response(StatusCode::OK, &echo(&req, peer, &body))
         }
+        ["big-header", n] => {
+            // A response head of about n bytes (one header), for head-limit tests.
+            let mut r = respond(StatusCode::OK, "text/plain", "ok\n");
+            let n: usize = n.parse::<usize>().unwrap_or(0).min(1 << 20);
+            if let Ok(v) = http::HeaderValue::from_str(&"h".repeat(n)) {
+                r.headers_mut().insert("x-big", v);
+            }
+            r
+        }
         ["bytes", n] => {
             let n: usize = n.parse::<usize>().unwrap_or(0).min(64 << 20);
             respond(StatusCode::OK, "application/octet-stream", vec![b'x'; n])

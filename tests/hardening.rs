@@ -205,3 +205,194 @@ fn yaml_bombs_are_refused_fast_with_bounded_memory_by_validate_apply_and_the_dae
     assert!(r.text().contains("more than 64 levels deep"), "{}", r.text());
     assert!(alive(&m));
 }
+
+/// Reads until the peer closes (or `limit` passes): (what was read, when it closed).
+fn read_until_closed(s: &mut std::net::TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    use std::io::Read;
+    let t = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while t.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&out).into_owned(), Some(t.elapsed())),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), Some(t.elapsed())),
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), None)
+}
+
+fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect")
+}
+
+fn send(s: &mut std::net::TcpStream, bytes: &str) {
+    use std::io::Write;
+    s.write_all(bytes.as_bytes()).expect("write");
+}
+
+const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: web}}]\n";
+
+fn with_routes(extra: &str) -> Mesh {
+    let yaml = format!("{}{}config: [routes.yaml]\n", ONE, extra);
+    let m = Mesh::start(&yaml, &[("routes.yaml", ROUTES)]);
+    m.wait_ready();
+    m
+}
+
+#[test]
+fn slow_and_idle_clients_are_disconnected_by_the_header_idle_and_stream_idle_timeouts() {
+    // Short limits so the test runs in about a second (defaults: 10 s, 1 h, 5 min).
+    let m = with_routes("proxy: {requestHeadersTimeout: 400ms, idleTimeout: 900ms, streamIdleTimeout: 1200ms}\n");
+    let gw = m.gateway();
+    // Nothing at all, a partial head, a partial small body: closed by the headers timeout.
+    let mut silent = connect(gw);
+    let mut partial_head = connect(gw);
+    send(&mut partial_head, "GET /get HTTP/1.1\r\nHost: web\r\nX-Slow: ");
+    let mut partial_body = connect(gw);
+    send(&mut partial_body, "POST /anything HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc");
+    for (what, s) in [("silent", &mut silent), ("partial head", &mut partial_head), ("partial body", &mut partial_body)]
+    {
+        let (got, closed) = read_until_closed(s, Duration::from_secs(10));
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after 10 s"));
+        assert!(closed < Duration::from_secs(3), "{what}: closed after {closed:?}");
+        assert!(got.is_empty(), "{what}: {got}");
+    }
+    // A kept-alive connection: served, then closed after the idle timeout, not before.
+    let mut kept = connect(gw);
+    let t = std::time::Instant::now();
+    send(&mut kept, "GET /get HTTP/1.1\r\nHost: web\r\n\r\n");
+    let (got, closed) = read_until_closed(&mut kept, Duration::from_secs(10));
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let closed = closed.expect("closed by the idle timeout");
+    assert!(closed >= Duration::from_millis(800), "closed after {closed:?}, before the idle timeout");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A chunked upload (hyper's path) that stalls: closed by the stream idle timeout.
+    let mut stalled = connect(gw);
+    send(&mut stalled, "POST /anything HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    let (_, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    let closed = closed.expect("a stalled upload is closed");
+    assert!(closed >= Duration::from_millis(1000) && closed < Duration::from_secs(5), "{closed:?}");
+    // The mesh still serves.
+    assert_eq!(http(gw, Req::get("/get").host("web")).status, 200);
+}
+
+#[test]
+fn the_connection_cap_refuses_a_flood_while_existing_connections_mesh_hops_and_the_admin_api_keep_serving() {
+    let m = with_routes("proxy: {maxConnections: 30}\n");
+    let gw = m.gateway();
+    // A client connected before the flood, kept alive.
+    let mut before = connect(gw);
+    send(&mut before, "GET /get HTTP/1.1\r\nHost: web\r\n\r\n");
+    let first = read_response(&mut before);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // 50 connections that send nothing, held open (the headers timeout is 10 s).
+    let mut flood: Vec<std::net::TcpStream> = (0..50).map(|_| connect(gw)).collect();
+    let mut refused = 0;
+    for s in &mut flood {
+        let (_, closed) = read_until_closed(s, Duration::from_millis(150));
+        if closed.is_some() {
+            refused += 1;
+        }
+    }
+    assert!((19..=25).contains(&refused), "{refused} of 50 refused with a cap of 30 (one held before)");
+    // The existing client still gets through the gateway and its mesh hop to the app.
+    send(&mut before, "GET /get HTTP/1.1\r\nHost: web\r\n\r\n");
+    let again = read_response(&mut before);
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    // The admin API and the config dump's counters.
+    let dump = m.admin(Req::get("/config_dump")).json();
+    assert_eq!(dump["connections"]["limit"], 30);
+    assert!(dump["connections"]["refused"].as_u64().unwrap() >= 19, "{}", dump["connections"]);
+    drop(flood);
+    // Once the flood is gone, new clients are served again.
+    let r = wait_until("a new connection served after the flood", Duration::from_secs(5), || {
+        std::panic::catch_unwind(|| http(gw, Req::get("/get").host("web")).status).ok().filter(|s| *s == 200)
+    });
+    assert_eq!(r, 200);
+}
+
+/// Reads one response with a content-length body from a kept-alive connection.
+fn read_response(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn request_heads_over_60_kib_get_431_and_upstream_heads_over_it_502_upe() {
+    let m = with_routes("");
+    let gw = m.gateway();
+    let big = "x".repeat(59 * 1024);
+    let r = http(gw, Req::get("/get").host("web").header("x-big", &big));
+    assert_eq!(r.status, 200, "a 59 KiB header is forwarded");
+    assert_eq!(r.json()["headers"]["x-big"].as_str().map(str::len), Some(big.len()));
+    for size in [61 * 1024, 100 * 1024] {
+        let big = "x".repeat(size);
+        let r = http(gw, Req::get("/get").host("web").header("x-big", &big));
+        assert_eq!(r.status, 431, "a {size}-byte header");
+    }
+    // Over hyper's path too (a chunked request is handed to hyper after the first request).
+    let mut s = connect(gw);
+    send(&mut s, &format!("GET /get HTTP/1.1\r\nHost: web\r\nX-Big: {}\r\n\r\n", "y".repeat(100 * 1024)));
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5));
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    // An upstream response head over 60 KiB: 502 with Envoy's UPE flag.
+    let r = http(gw, Req::get("/big-header/50000").host("web"));
+    assert_eq!(r.status, 200, "a 50 KB response header passes");
+    assert_eq!(r.header("x-big").map(str::len), Some(50000));
+    let r = http(gw, Req::get(&format!("/big-header/{}", 70 * 1024)).host("web"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("protocol error"), "{}", r.text());
+    m.wait_access(&["/big-header/71680", " 502 UPE "]);
+}
+
+#[test]
+fn a_malformed_chunked_body_is_the_clients_fault_400_dpe() {
+    let m = with_routes("");
+    let mut s = connect(m.gateway());
+    send(&mut s, "POST /anything HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n");
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    m.wait_access(&["POST /anything", " 400 DPE "]);
+}
+
+#[test]
+fn a_half_closed_client_still_gets_its_response() {
+    let m = with_routes("");
+    for target in [m.gateway(), m.outbound_proxy("web")] {
+        let mut s = connect(target);
+        let head = if target == m.gateway() {
+            "GET /get HTTP/1.1\r\nHost: web\r\n\r\n"
+        } else {
+            "GET http://web:8000/get HTTP/1.1\r\nHost: web:8000\r\n\r\n"
+        };
+        send(&mut s, head);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+        assert!(got.starts_with("HTTP/1.1 200"), "{target}: {got}");
+        assert!(got.contains("\"/get\""), "{got}");
+        assert!(closed.is_some(), "the connection closes after the response");
+    }
+}

@@ -129,6 +129,12 @@ impl State {
             "resources": &*snap.resources,
             "warnings": warnings,
             "telemetry": {"dropped_events": self.telemetry.dropped()},
+            "connections": {
+                "open": crate::dataplane::admission::counts().0,
+                "refused": crate::dataplane::admission::counts().1,
+                "limit": crate::dataplane::admission::limits().edge,
+                "limit_with_reserve": crate::dataplane::admission::limits().internal,
+            },
             "compiled": &*snap,
         })
     }
@@ -389,7 +395,10 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
 pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
     listen::accept_loop(listener, stop, move |stream, peer| {
         let state = state.clone();
+        // The admin API uses the reserve above the cap for outside connections.
+        let Some(permit) = crate::dataplane::admission::admit(true) else { return };
         tokio::spawn(async move {
+            let _permit = permit;
             listen::serve_http(stream, HttpMode::Http1, move |req| handle(state.clone(), peer, req)).await;
         });
     })

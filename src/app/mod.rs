@@ -63,6 +63,10 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         supervisor::build::run(&mesh.build, &mesh.dir).await?;
     }
     let t_start = Instant::now();
+    // Connections count against the open-file limit: raise it to the hard limit, then cap
+    // downstream connections below it (`dataplane::admission`).
+    let nofile = crate::dataplane::admission::raise_nofile();
+    crate::dataplane::admission::configure(crate::dataplane::admission::Limits::new(&mesh.proxy, nofile));
 
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| mesh.dir.join(".devmesh"));
     let log_dir = state_dir.join("logs");

@@ -26,6 +26,26 @@ struct MeshFileSpec {
     config: Vec<Spanned<String>>,
     gateways: Option<OrderedMap<Spanned<String>, GatewaySpec>>,
     services: Option<OrderedMap<Spanned<String>, ServiceSpec>>,
+    proxy: Option<ProxySpec>,
+    access_log: Option<AccessLogSpec>,
+}
+
+/// Limits of every listener (sidecars, gateways), Envoy's defaults where Envoy has one.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxySpec {
+    request_headers_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    stream_idle_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_request_headers_kb: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessLogSpec {
+    max_size: Option<Spanned<String>>,
+    keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +191,54 @@ pub struct Mesh {
     pub config: Vec<PathBuf>,
     pub gateways: Vec<GatewayDef>,
     pub services: Vec<ServiceDef>,
+    pub proxy: ProxyLimits,
+    pub access_log: AccessLogLimits,
+}
+
+/// What every proxy listener allows a downstream connection (`proxy:` in the mesh file).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ProxyLimits {
+    /// From a connection's start (first request) or a request's first byte (later ones) to the
+    /// end of its head (and small body): Envoy's `request_headers_timeout`.
+    pub request_headers_timeout: std::time::Duration,
+    /// A kept-alive connection with no request in flight is closed after this (Istio: 1 h).
+    pub idle_timeout: std::time::Duration,
+    /// A connection that moves no bytes either way for this long is closed, requests in flight
+    /// or not (Envoy's `stream_idle_timeout`, 5 min).
+    pub stream_idle_timeout: std::time::Duration,
+    /// Downstream connections from outside the mesh, across all listeners; `None`: derived
+    /// from the open-file limit at start.
+    pub max_connections: Option<u32>,
+    /// Envoy's `max_request_headers_kb` (60): a larger request head gets 431, a larger
+    /// upstream response head 502.
+    pub max_request_headers_kb: u32,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            request_headers_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(3600),
+            stream_idle_timeout: std::time::Duration::from_secs(300),
+            max_connections: None,
+            max_request_headers_kb: 60,
+        }
+    }
+}
+
+/// Rotation of the access log (`accessLog:` in the mesh file).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AccessLogLimits {
+    /// Rotated when it would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files kept (`access.log.1` newest).
+    pub keep: u32,
+}
+
+impl Default for AccessLogLimits {
+    fn default() -> Self {
+        AccessLogLimits { max_bytes: 100 * 1024 * 1024, keep: 3 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -223,6 +291,24 @@ pub enum RestartPolicy {
     #[default]
     OnFailure,
     Never,
+}
+
+/// A Kubernetes-style byte quantity: `4096`, `64Ki`, `100Mi`, `1Gi` (or `k`, `M`, `G`).
+fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit: u64 = match &s[digits..] {
+        "" => 1,
+        "k" | "K" => 1000,
+        "Ki" => 1024,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 pub const DEFAULT_GATEWAY: &str = "istio-ingressgateway";
@@ -342,7 +428,68 @@ impl Checker<'_> {
                 Vec::new()
             }
         };
-        Mesh { file, dir, namespace, outbound_mode, build, config, gateways, services }
+        let proxy = self.proxy(spec.proxy);
+        let access_log = self.access_log(spec.access_log);
+        Mesh { file, dir, namespace, outbound_mode, build, config, gateways, services, proxy, access_log }
+    }
+
+    fn duration(&mut self, d: &Option<Spanned<String>>, default: std::time::Duration) -> std::time::Duration {
+        let Some(d) = d else { return default };
+        match super::duration::parse_go(&d.value) {
+            Ok(v) if v >= std::time::Duration::from_millis(1) => v,
+            Ok(_) => {
+                self.error(d.pos, "duration must be at least 1ms");
+                default
+            }
+            Err(e) => {
+                self.error(d.pos, e);
+                default
+            }
+        }
+    }
+
+    fn bounded(&mut self, n: &Option<Spanned<i64>>, min: i64, max: i64, what: &str) -> Option<i64> {
+        let n = n.as_ref()?;
+        if n.value < min || n.value > max {
+            self.error(n.pos, format!("{what} must be in the range {min}..{max}"));
+            return None;
+        }
+        Some(n.value)
+    }
+
+    fn proxy(&mut self, spec: Option<ProxySpec>) -> ProxyLimits {
+        let d = ProxyLimits::default();
+        let Some(p) = spec else { return d };
+        ProxyLimits {
+            request_headers_timeout: self.duration(&p.request_headers_timeout, d.request_headers_timeout),
+            idle_timeout: self.duration(&p.idle_timeout, d.idle_timeout),
+            stream_idle_timeout: self.duration(&p.stream_idle_timeout, d.stream_idle_timeout),
+            max_connections: self.bounded(&p.max_connections, 1, 10_000_000, "maxConnections").map(|n| n as u32),
+            max_request_headers_kb: self
+                .bounded(&p.max_request_headers_kb, 1, 8192, "maxRequestHeadersKb")
+                .map_or(d.max_request_headers_kb, |n| n as u32),
+        }
+    }
+
+    fn access_log(&mut self, spec: Option<AccessLogSpec>) -> AccessLogLimits {
+        let d = AccessLogLimits::default();
+        let Some(a) = spec else { return d };
+        AccessLogLimits {
+            max_bytes: match &a.max_size {
+                None => d.max_bytes,
+                Some(q) => match parse_quantity(&q.value) {
+                    Some(n) if n >= 4096 => n,
+                    _ => {
+                        self.error(
+                            q.pos,
+                            format!("invalid size `{}`: a byte count of at least 4096, like 100Mi or 64Ki", q.value),
+                        );
+                        d.max_bytes
+                    }
+                },
+            },
+            keep: self.bounded(&a.keep, 0, 100, "keep").map_or(d.keep, |n| n as u32),
+        }
     }
 
     fn gateways(&mut self, spec: Option<OrderedMap<Spanned<String>, GatewaySpec>>) -> Vec<GatewayDef> {

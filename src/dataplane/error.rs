@@ -18,6 +18,8 @@ pub enum ProxyError {
     ConnectFailed(String),
     /// Connected, but the upstream closed or reset before a complete response head.
     UpstreamReset(String),
+    /// The upstream's response broke HTTP (a head over the limit, a malformed head): 502 `UPE`.
+    UpstreamProtocol(String),
     /// The route timeout (or the last per-try timeout) passed before a response.
     Timeout,
     /// Fault injection aborted the request with this status.
@@ -32,6 +34,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::FaultAbort(s) => *s,
+            ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -43,6 +46,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => Flags::UH,
             ProxyError::ConnectFailed(_) => Flags::UF,
             ProxyError::UpstreamReset(_) => Flags::UC,
+            ProxyError::UpstreamProtocol(_) => Flags::UPE,
             ProxyError::Timeout => Flags::UT,
             ProxyError::FaultAbort(_) => Flags::FI,
             ProxyError::BadRequest(_) => Flags::DPE,
@@ -62,6 +66,9 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
+            ProxyError::UpstreamProtocol(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: protocol error".into()
+            }
             ProxyError::Timeout => "upstream request timeout".into(),
             ProxyError::FaultAbort(_) => "fault filter abort".into(),
             ProxyError::BadRequest(what) => (*what).into(),
@@ -77,7 +84,7 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) => {
+            ProxyError::ConnectFailed(r) | ProxyError::UpstreamReset(r) | ProxyError::UpstreamProtocol(r) => {
                 write!(f, "{} ({r})", self.flag())
             }
             _ => write!(f, "{} {}", self.status().as_u16(), self.flag()),

@@ -523,6 +523,8 @@ impl Forwarder {
                     return Ok(resp);
                 }
                 Err(None) if !per_try_binding => return Err(ProxyError::Timeout),
+                // The downstream's own malformed body: not the upstream's failure, no retry.
+                Err(Some(e @ ProxyError::BadRequest(_))) => return Err(e),
                 Err(failure) => {
                     let (kind, err) = match failure {
                         None => (AttemptFailure::PerTryTimeout, ProxyError::Timeout),

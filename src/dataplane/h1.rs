@@ -90,7 +90,7 @@ impl Conn {
                     }
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) if self.read.len() < MAX_HEAD => {}
-                    Ok(None) => return Err(protocol("response headers too large")),
+                    Ok(None) => return Err(too_large()),
                     Err(e) => return Err(e),
                 }
             }
@@ -123,6 +123,11 @@ fn reset(e: &io::Error) -> ProxyError {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "connection reset".into(),
         _ => e.to_string(),
     })
+}
+
+/// A response head over Envoy's limit (60 KiB): 502 `UPE`, as Envoy answers.
+fn too_large() -> Failure {
+    Failure { error: ProxyError::UpstreamProtocol("response headers too large".into()), nothing_received: false }
 }
 
 fn protocol(what: &str) -> Failure {
@@ -207,7 +212,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
         Err(e) => return Err(protocol(&e.to_string())),
     };
     if len > MAX_HEAD {
-        return Err(protocol("response headers too large"));
+        return Err(too_large());
     }
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| protocol("bad status"))?;
     let version = if resp.version == Some(0) { HttpVersion::HTTP_10 } else { HttpVersion::HTTP_11 };

@@ -26,8 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::body::{Body, ProxyBody};
 use super::headers;
 
-/// The largest request head taken here (Envoy's default header limit is 60 KiB); a larger
-/// one goes to hyper, which answers 431 beyond its own limit.
+/// Envoy's default request header limit (`max_request_headers_kb`, 60 KiB): the read-ahead
+/// bound. The limit in force (`proxy.maxRequestHeadersKb`) is `admission::limits().max_head`;
+/// a larger head is answered 431 here, as Envoy does.
 const MAX_HEAD: usize = 60 * 1024;
 /// Headers parsed per request head (hyper's default limit) before handing over.
 const MAX_HEADERS: usize = 100;
@@ -52,6 +53,8 @@ enum Next {
     Partial,
     /// Not for this codec: hyper takes the connection.
     HandOver,
+    /// The head is larger than the limit: 431, and the connection closes.
+    TooLarge,
 }
 
 /// Serves `io` until it closes. `hyper_fallback` receives the stream (already-read bytes put
@@ -64,22 +67,51 @@ where
     H: FnOnce(Bytes, I, F) -> HFut,
     HFut: Future<Output = ()>,
 {
+    let limits = super::admission::limits();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // One timer per connection, moved for each request: a connection's first request head
+    // (and small body) must arrive within the headers timeout of the connection's start; a
+    // kept-alive connection may then idle for the idle timeout, and each later head must
+    // arrive within the headers timeout of its first byte (Envoy's `request_headers_timeout`
+    // and `idle_timeout`). A client that runs out of time is disconnected.
+    let mut timer = pin!(tokio::time::sleep(limits.request_headers_timeout));
+    let mut first = true;
     loop {
+        let mut idle = !first && buf.is_empty();
+        if !first {
+            let wait = if idle { limits.idle_timeout } else { limits.request_headers_timeout };
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+        first = false;
         // A whole request head (and a small body) in `buf`.
         let (req, head_len, body_len, keep_alive) = loop {
-            match parse(&buf) {
+            match parse(&buf, limits.max_head) {
                 Next::Serve(req, head, body, keep) if buf.len() >= head + body => break (req, head, body, keep),
                 // The head is here; the rest of a (small) body is not yet.
                 Next::Serve(..) => {}
-                Next::Partial if buf.len() <= MAX_HEAD => {}
-                Next::Partial | Next::HandOver => return hyper_fallback(buf.freeze(), io, handle).await,
+                Next::Partial if buf.len() <= limits.max_head => {}
+                Next::Partial | Next::TooLarge => {
+                    let _ = io.write_all(HEADERS_TOO_LARGE).await;
+                    let _ = io.shutdown().await;
+                    linger(&mut io, &mut buf).await;
+                    return;
+                }
+                Next::HandOver => return hyper_fallback(buf.freeze(), io, handle).await,
             }
             buf.reserve(READ_CHUNK);
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            tokio::select! {
+                biased;
+                read = io.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = &mut timer => return,
+            }
+            if idle {
+                // The next request's first bytes: its head has the headers timeout from now.
+                idle = false;
+                timer.as_mut().reset(tokio::time::Instant::now() + limits.request_headers_timeout);
             }
         };
         let head_request = req.method() == Method::HEAD;
@@ -91,17 +123,21 @@ where
         };
         buf.advance(head_len + body_len);
 
-        // The handler runs while the socket is watched: EOF means the client is gone, and
-        // dropping the handler's future cancels the request, as hyper does. Pipelined bytes
-        // are kept for the next turn.
+        // The handler runs while the socket is watched: an error means the client is gone,
+        // and dropping the handler's future cancels the request, as hyper does. EOF is a
+        // client that sent its whole request and shut down its write side (`nc -N`, HTTP/1.1
+        // allows it): it still gets its response, then the connection closes. Pipelined
+        // bytes are kept for the next turn.
+        let mut half_closed = false;
         let resp = {
             let mut fut = pin!(handle(req));
             loop {
                 tokio::select! {
                     biased;
                     resp = &mut fut => break resp,
-                    read = io.read_buf(&mut buf), if buf.len() < READ_AHEAD => match read {
-                        Ok(0) | Err(_) => return,
+                    read = io.read_buf(&mut buf), if buf.len() < READ_AHEAD && !half_closed => match read {
+                        Ok(0) => half_closed = true,
+                        Err(_) => return,
                         Ok(_) => {
                             buf.reserve(READ_CHUNK);
                         }
@@ -109,6 +145,7 @@ where
                 }
             }
         };
+        let keep_alive = keep_alive && !half_closed;
         match write_response(&mut io, &mut out, resp, head_request, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => {
@@ -126,8 +163,28 @@ where
     }
 }
 
-/// Looks at the front of `buf` for a request head this codec takes.
-fn parse(buf: &[u8]) -> Next {
+/// After an error response, reads and discards what the client is still sending for a while
+/// (nginx's lingering close): closing with unread bytes would reset the connection, and the
+/// client could lose the response before reading it.
+async fn linger<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut discarded = 0usize;
+    while discarded < 1 << 20 {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+/// Envoy's answer to a request head over the limit.
+const HEADERS_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 31\r\n\
+    content-type: text/plain\r\nconnection: close\r\nserver: istio-envoy\r\n\r\nRequest Header Fields Too Large";
+
+/// Looks at the front of `buf` for a request head this codec takes; `max_head` is the limit.
+fn parse(buf: &[u8], max_head: usize) -> Next {
     if buf.is_empty() {
         return Next::Partial;
     }
@@ -139,9 +196,14 @@ fn parse(buf: &[u8]) -> Next {
         // An HTTP/2 preface parses as a partial `PRI` request: hyper's auto server takes it.
         Ok(httparse::Status::Partial) if req.method == Some("PRI") => return Next::HandOver,
         Ok(httparse::Status::Partial) => return Next::Partial,
+        // More headers than this codec parses (hyper answers by its own count limit).
+        Err(httparse::Error::TooManyHeaders) if buf.len() > max_head => return Next::TooLarge,
         Err(_) => return Next::HandOver,
     };
-    if head_len > MAX_HEAD || req.version != Some(1) {
+    if head_len > max_head {
+        return Next::TooLarge;
+    }
+    if req.version != Some(1) {
         return Next::HandOver;
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {

@@ -8,13 +8,19 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
+use super::clock;
 use super::h1_server;
 use super::rewind::Rewind;
 
@@ -129,8 +135,18 @@ where
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let limits = super::admission::limits();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().writev(false);
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_headers_timeout)
+        // A client that shuts down its write side after its request still gets the response.
+        .half_close(true)
+        // hyper's head limit is its read buffer (at least 8 KiB): 431 beyond it.
+        .max_buf_size(limits.max_head.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_head as u32);
     match mode {
         HttpMode::Auto => {}
         HttpMode::Http1 => builder = builder.http1_only(),
@@ -142,8 +158,73 @@ where
         let fut = Box::pin(handle(req.map(Body::Incoming)));
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-        tracing::trace!("connection ended: {e}");
+    // hyper has no idle timeout of its own: a connection that moves no bytes either way for
+    // the stream idle timeout is closed (Envoy's `stream_idle_timeout`, 5 min by default),
+    // which also ends a stalled upload or a client that stopped reading.
+    let last = Arc::new(AtomicU64::new(clock::monotonic_ms()));
+    let io = Activity { io, last: last.clone() };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let idle = idle_watch(last, limits.stream_idle_timeout);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::trace!("connection ended: {e}");
+        },
+        () = idle => tracing::debug!("connection closed after {:?} without traffic", limits.stream_idle_timeout),
+    }
+}
+
+/// Resolves once `last` (a coarse monotonic time in ms) is older than `limit`.
+async fn idle_watch(last: Arc<AtomicU64>, limit: Duration) {
+    let limit_ms = limit.as_millis() as u64;
+    let mut wait = limit;
+    loop {
+        tokio::time::sleep(wait).await;
+        let idle_ms = clock::monotonic_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if idle_ms >= limit_ms {
+            return;
+        }
+        wait = Duration::from_millis(limit_ms - idle_ms);
+    }
+}
+
+/// A stream that notes when bytes last moved, for the idle watch.
+struct Activity<I> {
+    io: I,
+    last: Arc<AtomicU64>,
+}
+
+impl<I> Activity<I> {
+    fn touch(&self) {
+        self.last.store(clock::monotonic_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Activity<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -2,6 +2,7 @@
 //! upstream connection pools, and Envoy-compatible failure handling.
 
 pub mod addr_map;
+pub mod admission;
 pub mod body;
 pub mod clock;
 pub mod error;

@@ -214,7 +214,9 @@ impl Pool {
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
         let stream = connect(self.addr, self.mtls(), Alpn::Http1).await?;
-        let builder = http1::Builder::new();
+        let mut builder = http1::Builder::new();
+        // Envoy's response head limit (60 KiB) on the hyper path too: 502 `UPE` beyond it.
+        builder.max_buf_size(60 * 1024);
         let handshake = match stream {
             Stream::Plain(s) => {
                 let (sender, conn) = builder.handshake(TokioIo::new(s)).await.map_err(reset)?;
@@ -318,6 +320,14 @@ impl Pool {
 }
 
 fn reset(e: hyper::Error) -> ProxyError {
+    if e.is_user() {
+        // The request's own body failed: the downstream sent a malformed body (a bad chunk),
+        // its fault, not the upstream's: 400 `DPE`, as Envoy answers a downstream codec error.
+        return ProxyError::BadRequest("Bad Request");
+    }
+    if e.is_parse_too_large() {
+        return ProxyError::UpstreamProtocol(e.to_string());
+    }
     ProxyError::UpstreamReset(e.to_string())
 }
 

@@ -207,6 +207,17 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let found = worker_for(peer, || stream.local_addr().ok());
+        // devmesh's own hops may use the reserve above the cap for outside connections.
+        let Some(permit) = super::admission::admit(found.is_some()) else {
+            return;
+        };
+        let handle = move |s: Tcp, p: SocketAddr| {
+            let conn = handle(s, p);
+            async move {
+                conn.await;
+                drop(permit);
+            }
+        };
         let std = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {

@@ -9,7 +9,7 @@ use serde::Serialize;
 pub struct Flags(u16);
 
 /// (flag, Envoy's short name), in the order Envoy prints them.
-const NAMES: [(Flags, &str); 13] = [
+const NAMES: [(Flags, &str); 14] = [
     (Flags::UH, "UH"),
     (Flags::UT, "UT"),
     (Flags::UF, "UF"),
@@ -23,6 +23,7 @@ const NAMES: [(Flags, &str); 13] = [
     (Flags::URX, "URX"),
     (Flags::DPE, "DPE"),
     (Flags::NC, "NC"),
+    (Flags::UPE, "UPE"),
 ];
 
 impl Flags {
@@ -52,6 +53,8 @@ impl Flags {
     pub const DPE: Flags = Flags(1 << 11);
     /// No cluster found.
     pub const NC: Flags = Flags(1 << 12);
+    /// Upstream protocol error (a malformed or oversized response head).
+    pub const UPE: Flags = Flags(1 << 13);
 
     pub const NONE: Flags = Flags(0);
 
