@@ -396,3 +396,24 @@ fn a_half_closed_client_still_gets_its_response() {
         assert!(closed.is_some(), "the connection closes after the response");
     }
 }
+
+#[test]
+fn an_absolute_form_target_replaces_host_and_bad_targets_are_400() {
+    let m = with_routes("");
+    let proxy = m.outbound_proxy("web");
+    // RFC 9112 §3.2.2: the absolute URI's authority replaces a stale Host.
+    let mut s = connect(proxy);
+    send(&mut s, "GET http://web:8000/get HTTP/1.1\r\nHost: details:9080\r\n\r\n");
+    let got = read_response(&mut s);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("\"host\": \"web:8000\"") || got.contains("\"host\":\"web:8000\""), "{got}");
+    // Authority-form for anything but CONNECT, and two Host headers: 400.
+    for bad in ["GET web:8000 HTTP/1.1\r\nHost: web:8000\r\n\r\n", "GET /get HTTP/1.1\r\nHost: web\r\nHost: other\r\n\r\n"] {
+        for target in [proxy, m.gateway()] {
+            let mut s = connect(target);
+            send(&mut s, bad);
+            let (got, _) = read_until_closed(&mut s, Duration::from_secs(5));
+            assert!(got.starts_with("HTTP/1.1 400"), "{bad:?} to {target}: {got}");
+        }
+    }
+}

@@ -258,6 +258,10 @@ fn parse(buf: &[u8], max_head: usize) -> Next {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    // Two Host headers or an authority-form target: hyper's path answers the 400.
+    if headers::check_target(&mut request).is_err() {
+        return Next::HandOver;
+    }
     Next::Serve(request, head_len, length.unwrap_or(0), keep_alive)
 }
 

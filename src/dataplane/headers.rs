@@ -160,6 +160,33 @@ pub fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<Authority> {
     headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(Authority::new)
 }
 
+/// Checks an HTTP/1 request target against its Host header (RFC 9112 §3.2): two `Host`
+/// headers, or authority-form (`GET sink HTTP/1.1`) for anything but CONNECT, are 400s
+/// (`DPE`); an absolute-form target's authority replaces `Host` (§3.2.2), so the app sees the
+/// host the request was sent to, not the client's stale header.
+pub fn check_target<B>(req: &mut Request<B>) -> Result<(), super::error::ProxyError> {
+    use super::error::ProxyError;
+    if req.version() == http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("multiple Host headers"));
+    }
+    let uri = req.uri();
+    if req.method() != http::Method::CONNECT && uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(ProxyError::BadRequest("authority-form request target is only for CONNECT"));
+    }
+    if uri.scheme().is_some()
+        && let Some(a) = uri.authority()
+        && req.headers().get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    Ok(())
+}
+
 /// `x-envoy-upstream-service-time` for `ms`, from a table for the common values.
 pub fn service_time(ms: u64) -> HeaderValue {
     // Static values: cloning one copies a pointer. A value built at run time is shared once

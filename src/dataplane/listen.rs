@@ -155,8 +155,18 @@ where
     // The request future is boxed once: it is several KB, and hyper would otherwise move it
     // by value (memmove) on its way into the connection's in-flight slot.
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let fut = Box::pin(handle(req.map(Body::Incoming)));
-        async move { Ok::<_, Infallible>(fut.await) }
+        let mut req = req.map(Body::Incoming);
+        let fut = super::headers::check_target(&mut req).map(|()| Box::pin(handle(req)));
+        async move {
+            Ok::<_, Infallible>(match fut {
+                Ok(fut) => fut.await,
+                Err(e) => {
+                    let mut r = e.response();
+                    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    r
+                }
+            })
+        }
     });
     // hyper has no idle timeout of its own: a connection that moves no bytes either way for
     // the stream idle timeout is closed (Envoy's `stream_idle_timeout`, 5 min by default),
