@@ -408,7 +408,9 @@ fn an_absolute_form_target_replaces_host_and_bad_targets_are_400() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(got.contains("\"host\": \"web:8000\"") || got.contains("\"host\":\"web:8000\""), "{got}");
     // Authority-form for anything but CONNECT, and two Host headers: 400.
-    for bad in ["GET web:8000 HTTP/1.1\r\nHost: web:8000\r\n\r\n", "GET /get HTTP/1.1\r\nHost: web\r\nHost: other\r\n\r\n"] {
+    for bad in
+        ["GET web:8000 HTTP/1.1\r\nHost: web:8000\r\n\r\n", "GET /get HTTP/1.1\r\nHost: web\r\nHost: other\r\n\r\n"]
+    {
         for target in [proxy, m.gateway()] {
             let mut s = connect(target);
             send(&mut s, bad);
@@ -416,4 +418,33 @@ fn an_absolute_form_target_replaces_host_and_bad_targets_are_400() {
             assert!(got.starts_with("HTTP/1.1 400"), "{bad:?} to {target}: {got}");
         }
     }
+}
+
+#[test]
+fn the_access_log_rotates_by_size_and_a_full_disk_does_not_stop_traffic() {
+    let m = with_routes("accessLog: {maxSize: 8Ki, keep: 2}\n");
+    for _ in 0..150 {
+        assert_eq!(http(m.gateway(), Req::get("/get").host("web")).status, 200);
+    }
+    let dir = m.state_dir();
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
+    wait_until("two rotated access logs", Duration::from_secs(5), || size("access.log.2"));
+    for name in ["access.log", "access.log.1", "access.log.2"] {
+        let n = size(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(n <= 8 * 1024, "{name}: {n} bytes");
+    }
+    assert_eq!(size("access.log.3"), None, "only two rotated files are kept");
+
+    // The access log on a full disk (/dev/full): every request is still served.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("devmesh.yaml"), mesh_yaml(&format!("{ONE}config: [routes.yaml]\n"))).unwrap();
+    std::fs::write(tmp.path().join("routes.yaml"), ROUTES).unwrap();
+    std::fs::create_dir_all(tmp.path().join(".devmesh")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", tmp.path().join(".devmesh/access.log")).unwrap();
+    let full = Mesh::start_in(tmp);
+    full.wait_ready();
+    for _ in 0..50 {
+        assert_eq!(http(full.gateway(), Req::get("/get").host("web")).status, 200);
+    }
+    full.wait_line("cannot write access log", Duration::from_secs(5));
 }

@@ -110,7 +110,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     }
 
     let (telemetry, access_rx) = Telemetry::new(4096);
-    let access_log = access_log::spawn(state_dir.join("access.log"), access_rx)?;
+    let access_log = access_log::spawn(state_dir.join("access.log"), mesh.access_log, access_rx)?;
 
     // Data plane: worker threads own connections; pools are per worker.
     let workers = Arc::new(Workers::start(workers::default_count())?);

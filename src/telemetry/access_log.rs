@@ -1,7 +1,9 @@
 //! The access log: Istio's default text format (Envoy's `%START_TIME% "%METHOD% %PATH%
 //! %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% ...`), one line per request per proxy.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::config::mesh::AccessLogLimits;
 use std::time::SystemTime;
 
 use super::{Events, RequestEvent};
@@ -112,21 +114,122 @@ pub fn format_into(out: &mut String, e: &RequestEvent, clock: &mut Clock) {
 /// Events formatted per write: their lines (about 250 bytes each) fit the batch's 64 KiB.
 const CHUNK: usize = 200;
 
+/// The access log file: appended to, rotated by size (`access.log` → `access.log.1` → ...,
+/// `keep` files kept), and never a reason to stop: a failed write (a full disk) drops that
+/// batch with one warning until writes succeed again, and the proxies never wait for it.
+pub struct LogFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+    limits: AccessLogLimits,
+    failing: bool,
+}
+
+impl LogFile {
+    pub fn open(path: PathBuf, limits: AccessLogLimits) -> LogFile {
+        let mut f = LogFile { path, file: None, size: 0, limits, failing: false };
+        f.reopen();
+        f
+    }
+
+    fn reopen(&mut self) {
+        match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            Ok(file) => {
+                self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(file);
+            }
+            Err(e) => {
+                tracing::warn!("cannot open access log {}: {e}", self.path.display());
+                self.file = None;
+                self.size = 0;
+            }
+        }
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Moves `access.log` to `access.log.1` (and older ones up), dropping the oldest.
+    fn rotate(&mut self) {
+        self.file = None;
+        if self.limits.keep == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let _ = std::fs::remove_file(self.rotated(self.limits.keep));
+            for n in (1..self.limits.keep).rev() {
+                let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+            }
+            let _ = std::fs::rename(&self.path, self.rotated(1));
+        }
+        self.reopen();
+    }
+
+    /// Appends `batch` (whole lines), rotating whenever the next lines would pass the size
+    /// limit (a line longer than the limit gets a file of its own).
+    pub fn write(&mut self, mut batch: &str) {
+        while !batch.is_empty() {
+            let room = self.limits.max_bytes.saturating_sub(self.size) as usize;
+            if batch.len() <= room {
+                self.append(batch);
+                return;
+            }
+            // The whole lines that fit, else rotate; a file's first line always goes in.
+            let fit = batch[..room.min(batch.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+            let take = if fit > 0 {
+                fit
+            } else if self.size == 0 {
+                batch.find('\n').map_or(batch.len(), |i| i + 1)
+            } else {
+                self.rotate();
+                continue;
+            };
+            self.append(&batch[..take]);
+            batch = &batch[take..];
+            if !batch.is_empty() {
+                self.rotate();
+            }
+        }
+    }
+
+    fn append(&mut self, batch: &str) {
+        use std::io::Write;
+        let Some(f) = self.file.as_mut() else { return };
+        match f.write_all(batch.as_bytes()) {
+            Ok(()) => {
+                self.size += batch.len() as u64;
+                if self.failing {
+                    self.failing = false;
+                    tracing::warn!("access log {} is written again", self.path.display());
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        "cannot write access log {}: {e}; lines are dropped until it can",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Writes events to `path` on a thread of its own until every [`super::Telemetry`] handle is
 /// gone. It drains the recording threads' rings every 100 ms, or every 5 ms while a ring is
 /// filling fast, instead of being woken per event: recording a request costs the proxy one
 /// push onto its own thread's ring and no cross-thread wakeup.
-pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    path: PathBuf,
+    limits: AccessLogLimits,
+    mut events: Events,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("devmesh-access-log".into()).spawn(move || {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
-        let mut file = match file {
-            // No BufWriter: each chunk's batch is already one write.
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!("cannot open access log {}: {e}", path.display());
-                None
-            }
-        };
+        // No BufWriter: each chunk's batch is already one write.
+        let mut file = LogFile::open(path, limits);
         let mut batch = String::with_capacity(64 * 1024);
         let mut clock = Clock::default();
         let busy = events.capacity() / 8;
@@ -142,7 +245,7 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
             loop {
                 let got = events.drain(CHUNK, |e| format_into(&mut batch, &e, &mut clock));
                 n += got;
-                flush(&mut file, &mut batch, &path);
+                flush(&mut file, &mut batch);
                 if got < CHUNK {
                     break;
                 }
@@ -156,16 +259,8 @@ pub fn spawn(path: PathBuf, mut events: Events) -> std::io::Result<std::thread::
     })
 }
 
-fn flush(file: &mut Option<std::fs::File>, batch: &mut String, path: &Path) {
-    use std::io::Write;
-    if batch.is_empty() {
-        return;
-    }
-    if let Some(f) = file.as_mut()
-        && f.write_all(batch.as_bytes()).is_err()
-    {
-        tracing::warn!("cannot write access log {}", path.display());
-    }
+fn flush(file: &mut LogFile, batch: &mut String) {
+    file.write(batch);
     batch.clear();
     // Very long lines (paths, user agents) are not kept.
     if batch.capacity() > 1 << 20 {
@@ -197,7 +292,7 @@ mod tests {
             e.ts = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(i as u64);
             sink.record(e);
         }
-        let thread = spawn(path.clone(), events).unwrap();
+        let thread = spawn(path.clone(), AccessLogLimits::default(), events).unwrap();
         drop(t);
         thread.join().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -262,5 +357,42 @@ mod tests {
         out.push(' ');
         clock.stamp(t + std::time::Duration::from_millis(5), &mut out);
         assert_eq!(out, "2023-11-14T22:13:20.123Z 2023-11-14T22:13:20.128Z");
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut f = LogFile::open(path.clone(), AccessLogLimits { max_bytes: 1000, keep: 2 });
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..45 {
+            f.write(&line);
+        }
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        // 45 lines of 100 bytes, 10 a file: the current one holds the last 5.
+        assert_eq!(size(&path), Some(500));
+        assert_eq!(size(&dir.path().join("access.log.1")), Some(1000));
+        assert_eq!(size(&dir.path().join("access.log.2")), Some(1000));
+        assert_eq!(size(&dir.path().join("access.log.3")), None, "only `keep` rotated files");
+        // keep: 0 truncates instead.
+        let path0 = dir.path().join("zero.log");
+        let mut z = LogFile::open(path0.clone(), AccessLogLimits { max_bytes: 1000, keep: 0 });
+        for _ in 0..15 {
+            z.write(&line);
+        }
+        assert_eq!(size(&path0), Some(500));
+        assert_eq!(size(&dir.path().join("zero.log.1")), None);
+    }
+
+    #[test]
+    fn a_full_disk_drops_lines_without_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let mut f = LogFile::open(path, AccessLogLimits::default());
+        for _ in 0..3 {
+            f.write("a line\n");
+        }
+        assert!(f.failing);
     }
 }
