@@ -1,26 +1,16 @@
 //! devmesh: a local service mesh. `main` parses the command line, runs the verb and maps the
-//! outcome to an exit code (0 ok, 1 user or config error, 2 usage error).
+//! outcome to an exit code (0 ok, 1 user or config error, 2 usage error). Everything else is
+//! the library (`lib.rs`), which the fuzz targets (`fuzz/`) link too.
 
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
-
-mod admin;
-mod app;
-mod cli;
-mod config;
-mod control;
-mod dataplane;
-mod identity;
-mod model;
-mod supervisor;
-mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{CaCommand, Cli, Command};
+use devmesh::cli::{self, CaCommand, Cli, Command};
+use devmesh::{app, supervisor};
 
 /// mimalloc: fewer cycles per allocation than glibc's malloc on the proxy path (measured in
 /// docs/PERFORMANCE.md).

@@ -86,6 +86,10 @@ impl Diagnostics {
         self.items.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// Sorted by file, line, column, then errors before warnings; duplicates removed.
     pub fn sorted(mut self) -> Vec<Diagnostic> {
         self.items

@@ -329,6 +329,18 @@ pub fn locate(path: &Path) -> PathBuf {
 pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<Mesh> {
     let abs = source::resolve(&std::env::current_dir().unwrap_or_default(), path);
     let docs = source::read_documents(&abs, diags)?;
+    check(abs, docs, diags)
+}
+
+/// [`load`] of a mesh file's text, as if read from `path` (relative paths in it resolve
+/// against its folder).
+pub fn load_text(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Mesh> {
+    let abs = source::resolve(&std::env::current_dir().unwrap_or_default(), path);
+    let docs = source::parse_documents(source::display_name(&abs), text, diags);
+    check(abs, docs, diags)
+}
+
+fn check(abs: PathBuf, docs: source::Documents, diags: &mut Diagnostics) -> Option<Mesh> {
     let name = docs.name.clone();
     let root = match docs.docs.as_slice() {
         [] => {

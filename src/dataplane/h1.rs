@@ -273,6 +273,29 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Fa
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
 
+/// The in-task client's reading of a whole upstream response held in `bytes`: its head, then
+/// its body decoded as far as the bytes go. `(status, body bytes)`, or the protocol error the
+/// proxy would answer 502/503 for. What the fuzz target `h1_response` drives.
+pub fn read_response(bytes: &[u8], head_request: bool) -> Result<(u16, usize), String> {
+    let mut buf = BytesMut::from(bytes);
+    let head = match parse_head(&mut buf, head_request) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err("incomplete head".into()),
+        Err(f) => return Err(f.error.to_string()),
+    };
+    let mut state = State::start(head.framing);
+    let mut body = 0;
+    // Every turn consumes bytes or ends: bounded by the input.
+    for _ in 0..=bytes.len() + 2 {
+        match decode(&mut state, &mut buf) {
+            Ok(Some(frame)) => body += frame.data_ref().map_or(0, Bytes::len),
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok((head.status.as_u16(), body))
+}
+
 /// Names one idle list: a pool set (a proxy's, see `pool.rs`), an endpoint, a transport.
 /// The lists themselves are per thread, as Envoy's connection pools are per worker: a
 /// connection is taken and returned by the worker that runs the request, with no lock and

@@ -46,7 +46,7 @@ const READ_AHEAD: usize = 2 * MAX_HEAD;
 
 /// What the connection should do after a head was looked at.
 #[allow(clippy::large_enum_variant)] // returned once per request and taken apart at once; a box would allocate
-enum Next {
+pub enum Next {
     /// Serve it here: the request, the head's length, the body's length, keep-alive.
     Serve(Request<Body>, usize, usize, bool),
     /// More bytes are needed.
@@ -184,7 +184,8 @@ const HEADERS_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\
     content-type: text/plain\r\nconnection: close\r\nserver: istio-envoy\r\n\r\nRequest Header Fields Too Large";
 
 /// Looks at the front of `buf` for a request head this codec takes; `max_head` is the limit.
-fn parse(buf: &[u8], max_head: usize) -> Next {
+/// (Public for the fuzz target `h1_request`.)
+pub fn parse(buf: &[u8], max_head: usize) -> Next {
     if buf.is_empty() {
         return Next::Partial;
     }

@@ -6,7 +6,7 @@
 
 mod analyze;
 mod clusters;
-mod http;
+pub mod http;
 mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
