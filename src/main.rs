@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                     admin: a.admin.clone(),
                     state_dir: a.state_dir.clone(),
                     no_build: a.no_build,
+                    fresh: a.fresh,
                 })
                 .await
             }

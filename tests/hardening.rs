@@ -448,3 +448,31 @@ fn the_access_log_rotates_by_size_and_a_full_disk_does_not_stop_traffic() {
     }
     full.wait_line("cannot write access log", Duration::from_secs(5));
 }
+
+#[test]
+fn resources_applied_through_the_api_survive_a_restart_unless_fresh() {
+    let m = with_routes("");
+    let gw = m.gateway();
+    // An applied fault the gateway route does not have: 418 for /status/200.
+    let abort = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec:\n  host: web\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
+    m.apply(abort);
+    assert_eq!(http(gw, Req::get("/get").host("web")).status, 418);
+    let (code, _, err) = devmesh(&["delete", "dr", "web", "--admin", &m.admin.to_string()], m.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let kept = std::fs::read_to_string(m.state_dir().join("applied.yaml")).unwrap();
+    assert!(kept.contains("name: edge") && !kept.contains("DestinationRule"), "{kept}");
+
+    let m = m.restart(&[]);
+    m.wait_ready();
+    m.wait_line("restored 1 resource(s) applied before the last stop", Duration::from_secs(5));
+    let gw = m.gateway.expect("gateway");
+    assert_eq!(http(gw, Req::get("/get").host("web")).status, 418, "the applied VirtualService is back");
+    let dump = m.admin(Req::get("/resources?kind=DestinationRule")).json();
+    assert_eq!(dump.as_array().map(Vec::len), Some(0), "the deleted one stays deleted: {dump}");
+
+    let m = m.restart(&["--fresh"]);
+    m.wait_ready();
+    let gw = m.gateway.expect("gateway");
+    assert_eq!(http(gw, Req::get("/get").host("web")).status, 200, "--fresh starts from the config files alone");
+    assert!(!m.log().contains("restored"), "{}", m.log());
+}

@@ -40,6 +40,8 @@ pub struct UpOptions {
     pub admin: String,
     pub state_dir: Option<PathBuf>,
     pub no_build: bool,
+    /// Drop the resources applied before the last stop instead of restoring them.
+    pub fresh: bool,
 }
 
 /// Prints diagnostics to stderr; true when any is an error.
@@ -105,6 +107,27 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     }
     let headless = opts.headless || !std::io::stdout().is_terminal();
     let printer = tokio::spawn(supervisor::events::print(events.subscribe()));
+    // What `apply` added before the last stop, as `kubectl apply` state outlives a restart.
+    let applied = state_dir.join("applied.yaml");
+    if opts.fresh {
+        let _ = std::fs::remove_file(&applied);
+    }
+    match control.persist_applied(applied.clone()) {
+        Ok(0) => {}
+        Ok(n) => events.emit(Lifecycle::Info {
+            message: format!(
+                "restored {n} resource(s) applied before the last stop (from {}; `devmesh up --fresh` starts without them)",
+                applied.display()
+            ),
+        }),
+        Err(errors) => events.emit(Lifecycle::Warning {
+            message: format!(
+                "the resources applied before the last stop no longer apply and were not restored (kept in {}.rejected):\n  {}",
+                applied.display(),
+                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+            ),
+        }),
+    }
     if !headless {
         events.emit(Lifecycle::Info { message: "the terminal UI is not available yet: running headless".into() });
     }

@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// Skip the mesh file's build steps
     #[arg(long)]
     pub no_build: bool,
+    /// Start without the resources applied with `devmesh apply` before the last stop
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(Args)]

@@ -50,6 +50,9 @@ pub struct ControlPlane {
     events: Option<Events>,
     /// Snapshots swapped out, kept until nobody else holds them (see [`Retired`]).
     retired: Retired,
+    /// Where the resources applied through the API are kept across restarts (`applied.yaml`
+    /// in the state dir), rewritten atomically after every change to them.
+    persist: Mutex<Option<PathBuf>>,
 }
 
 /// Snapshots a reload swapped out. Workers and in-flight requests may still hold one; the
@@ -128,6 +131,7 @@ impl ControlPlane {
             warnings: Mutex::new(sorted(diags)),
             events,
             retired: Retired::default(),
+            persist: Mutex::new(None),
         });
         let weak = Arc::downgrade(&control);
         let sweeper = std::thread::Builder::new().name("devmesh-reclaim".into()).spawn(move || {
@@ -216,6 +220,60 @@ impl ControlPlane {
         (self.commit(&mut guard, next, changes, Diagnostics::new()), missing)
     }
 
+    /// Keeps what is applied through the API in `path` from now on, after first restoring
+    /// what an earlier run kept there. `Ok(n)`: n resources restored. A file that no longer
+    /// applies (the mesh file changed) is moved aside to `<path>.rejected` with its errors.
+    pub fn persist_applied(&self, path: PathBuf) -> Result<usize, Vec<Diagnostic>> {
+        let restored = match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => {
+                let name: Arc<str> = crate::config::source::display_name(&path);
+                match self.apply(&[(name, text)], false) {
+                    Ok(outcome) => outcome.changes.len(),
+                    Err(errors) => {
+                        let mut aside = path.clone().into_os_string();
+                        aside.push(".rejected");
+                        let _ = std::fs::rename(&path, aside);
+                        if let Ok(mut p) = self.persist.lock() {
+                            *p = Some(path);
+                        }
+                        return Err(errors);
+                    }
+                }
+            }
+            _ => 0,
+        };
+        if let Ok(mut p) = self.persist.lock() {
+            *p = Some(path);
+        }
+        Ok(restored)
+    }
+
+    /// Writes the API-applied resources of `store` to the persist file (temp file + rename,
+    /// so a crash leaves the old or the new file, never half of one).
+    fn save_applied(&self, store: &Store) {
+        let Some(path) = self.persist.lock().ok().and_then(|p| p.clone()) else { return };
+        let mut text = String::from(
+            "# Resources applied to this mesh with `devmesh apply`, restored at `devmesh up`\n\
+                                     # (`devmesh up --fresh` starts without them). Written by devmesh.\n",
+        );
+        for e in store.entries().iter().filter(|e| e.source == Source::Api) {
+            match serde_saphyr::to_string(&e.resource) {
+                Ok(y) => {
+                    text.push_str("---\n");
+                    text.push_str(&y);
+                }
+                Err(err) => tracing::warn!("cannot keep {}: {err}", e.resource.key()),
+            }
+        }
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!("cannot keep the applied resources in {}: {e}", path.display());
+        }
+    }
+
     /// Re-reads every config file (a watched file was saved, added or removed).
     pub fn reload(&self) -> Result<Outcome, Vec<Diagnostic>> {
         let mut diags = Diagnostics::new();
@@ -259,6 +317,8 @@ impl ControlPlane {
         let took = start.elapsed();
         self.retired.push(old);
         *current = next;
+        // Every change is kept (a reload rewrites the same API resources; cheap beside the compile).
+        self.save_applied(current);
         let all_warnings = sorted(compiled.warnings);
         warnings.extend(all_warnings.iter().cloned());
         if let Ok(mut w) = self.warnings.lock() {

@@ -93,8 +93,14 @@ impl Mesh {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Mesh {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`Mesh::start_in`] with extra `up` arguments.
+    pub fn start_with(dir: tempfile::TempDir, args: &[&str]) -> Mesh {
         let mut child = Command::new(devmesh_bin())
             .args(["up", "--headless", "--admin", "127.0.0.1:0"])
+            .args(args)
             .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -246,6 +252,15 @@ impl Mesh {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join(".devmesh")
+    }
+
+    /// Stops this mesh (SIGTERM) and starts it again on the same folder and state dir, with
+    /// extra `up` arguments.
+    pub fn restart(mut self, args: &[&str]) -> Mesh {
+        let status = self.stop();
+        assert!(status.success(), "devmesh exited with {status}");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Self::start_with(dir, args)
     }
 
     /// Sends SIGTERM and waits for a clean exit.
