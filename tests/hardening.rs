@@ -476,3 +476,77 @@ fn resources_applied_through_the_api_survive_a_restart_unless_fresh() {
     assert_eq!(http(gw, Req::get("/get").host("web")).status, 200, "--fresh starts from the config files alone");
     assert!(!m.log().contains("restored"), "{}", m.log());
 }
+
+/// Secure naming (Istio's): a sidecar that connects to an endpoint checks that the peer's
+/// certificate names the endpoint's own identity. Here the endpoint is a real sidecar of
+/// another service (frontend's inbound listener, with frontend's valid mesh certificate)
+/// where backend's identity is expected: refused with Envoy's 503 UF, both identities said.
+#[test]
+fn an_endpoint_presenting_another_services_mesh_identity_is_refused() {
+    use devmesh::dataplane::pool::{Stream, connect};
+    use devmesh::identity::tls::{Alpn, Certs, spiffe_id};
+    let m = Mesh::start(DEMO, &[("routes.yaml", DEMO_ROUTES)]);
+    m.wait_ready();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The mesh's own CA (its state dir), so the client certificate is a valid mesh one.
+    let ca = devmesh::identity::ca::Ca::load_or_create(&m.state_dir().join("ca")).expect("the mesh CA");
+    let certs = Certs::new(std::sync::Arc::new(ca), Duration::from_secs(3600)).unwrap();
+    let client = certs.identity(&spiffe_id("default", "istio-ingressgateway-service-account")).unwrap();
+    let frontend: std::net::SocketAddr =
+        m.workload("frontend-v1")["ports"][0]["inbound"].as_str().unwrap().parse().unwrap();
+    let backend_id = spiffe_id("default", "backend-sa");
+    let frontend_id = spiffe_id("default", "frontend");
+    let err = match block_on(connect(frontend, Some((&client, &backend_id)), Alpn::Http1)) {
+        Err(e) => e,
+        Ok(_) => panic!("frontend's sidecar was accepted as backend"),
+    };
+    assert_eq!(err.status(), 503);
+    assert_eq!(err.flag().to_string(), "UF");
+    let text = err.to_string();
+    assert!(text.contains(&frontend_id) && text.contains(&backend_id), "{text}");
+    assert!(err.body().starts_with("upstream connect error or disconnect/reset before headers"), "{}", err.body());
+    // The same sidecar, expected as itself: accepted over mTLS.
+    let ok = block_on(connect(frontend, Some((&client, &frontend_id)), Alpn::Http1));
+    assert!(matches!(ok, Ok(Stream::Tls(_))), "the right identity is accepted");
+}
+
+/// The inbound side: a client certificate from a foreign CA (a valid certificate for a mesh
+/// identity, from another mesh) is refused at the handshake; one from the mesh's CA is served.
+#[test]
+fn the_inbound_sidecar_refuses_a_client_certificate_from_a_foreign_ca() {
+    use devmesh::identity::tls::{Alpn, Certs, endpoint_server_name, spiffe_id};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = one();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let inbound: std::net::SocketAddr = m.workload("web")["ports"][0]["inbound"].as_str().unwrap().parse().unwrap();
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = Certs::new(
+        std::sync::Arc::new(devmesh::identity::ca::Ca::load_or_create(foreign_dir.path()).unwrap()),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let own = Certs::new(
+        std::sync::Arc::new(devmesh::identity::ca::Ca::load_or_create(&m.state_dir().join("ca")).unwrap()),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let attempt = |certs: &Certs| {
+        let tls = certs.identity(&spiffe_id("default", "web")).unwrap();
+        block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+            let connector = tokio_rustls::TlsConnector::from(tls.client(Alpn::Http1));
+            let mut s = connector.connect(endpoint_server_name(inbound.port()), tcp).await.ok()?;
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").await.ok()?;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            Some(String::from_utf8_lossy(&out).into_owned())
+        })
+    };
+    let refused = attempt(&foreign);
+    assert!(
+        refused.as_deref().is_none_or(|r| !r.starts_with("HTTP/1.1")),
+        "a foreign CA's client was served: {refused:?}"
+    );
+    let served = attempt(&own).expect("the mesh's own client certificate");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}

@@ -76,6 +76,11 @@ pub async fn connect(addr: SocketAddr, mtls: Option<(&WorkloadTls, &str)>, alpn:
         };
     let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(spiffe_of);
     if peer.as_deref() != Some(expect) {
+        // Secure naming: an endpoint presenting another identity is refused, and said.
+        tracing::warn!(
+            "refused {addr}: it presented {} but this endpoint's identity is {expect} (secure naming)",
+            peer.as_deref().unwrap_or("no SPIFFE ID")
+        );
         return Err(ProxyError::ConnectFailed(format!(
             "TLS error: peer identity {} is not the expected {expect}",
             peer.as_deref().unwrap_or("(none)")
