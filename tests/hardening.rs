@@ -550,3 +550,20 @@ fn the_inbound_sidecar_refuses_a_client_certificate_from_a_foreign_ca() {
     let served = attempt(&own).expect("the mesh's own client certificate");
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
 }
+
+#[test]
+fn a_client_that_leaves_mid_response_is_logged_with_dc() {
+    use std::io::Read;
+    let m = with_routes("");
+    let mut s = connect(m.gateway());
+    send(&mut s, "GET /bytes/20000000 HTTP/1.1\r\nHost: web\r\n\r\n");
+    let mut buf = [0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    let line = m.wait_access(&["GET /bytes/20000000", " 200 DC "]);
+    assert!(line.contains("istio-ingressgateway"), "{line}");
+    // A complete response has no flag.
+    assert_eq!(http(m.gateway(), Req::get("/bytes/100").host("web")).status, 200);
+    m.wait_access(&["GET /bytes/100 ", " 200 - "]);
+}

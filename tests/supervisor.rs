@@ -160,3 +160,19 @@ fn workload_output_goes_to_its_log_file() {
     });
     assert!(log.contains("httpbin crashy listening on 127.0.0.1:"), "{log}");
 }
+
+#[test]
+fn a_workload_that_recovers_its_readiness_says_how_long_it_was_not_ready() {
+    let yaml = "gateways: {}\nservices:\n  flaky:\n    ports: [{name: http, port: 80}]\n    workloads:\n      - command: [\"{httpbin}\"]\n        readiness: {exec: [test, -f, ready.flag]}\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("devmesh.yaml"), mesh_yaml(yaml)).unwrap();
+    std::fs::write(dir.path().join("ready.flag"), "").unwrap();
+    let m = Mesh::start_in(dir);
+    m.wait_ready();
+    std::fs::remove_file(m.dir.path().join("ready.flag")).unwrap();
+    m.wait_line("flaky                 not ready", Duration::from_secs(10));
+    std::fs::write(m.dir.path().join("ready.flag"), "").unwrap();
+    let line = m.wait_line("ready again after", Duration::from_secs(10));
+    assert!(line.contains("s not ready"), "{line}");
+    assert_eq!(m.log().matches("flaky                 ready (").count(), 1, "the first readiness only: {}", m.log());
+}

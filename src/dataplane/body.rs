@@ -65,6 +65,8 @@ pub struct Outcome {
     pub bytes: u64,
     /// The end of the stream was reached (false: error or the client went away).
     pub complete: bool,
+    /// It ended early because the upstream's body failed (not the client going away).
+    pub upstream_failed: bool,
 }
 
 type Hook = Box<dyn FnOnce(Outcome) + Send + Sync>;
@@ -101,7 +103,11 @@ impl ProxyBody {
     }
 
     fn finish(&mut self, complete: bool) {
-        let outcome = Outcome { bytes: self.bytes, complete };
+        self.finish_with(complete, false);
+    }
+
+    fn finish_with(&mut self, complete: bool, upstream_failed: bool) {
+        let outcome = Outcome { bytes: self.bytes, complete, upstream_failed };
         for slot in &mut self.hooks {
             if let Some(h) = slot.take() {
                 h(outcome);
@@ -138,7 +144,7 @@ impl HttpBody for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                this.finish(false);
+                this.finish_with(false, true);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => Poll::Pending,

@@ -245,6 +245,10 @@ impl Forwarder {
             let active = extra.active.take();
             resp.body_mut().on_end(move |o| {
                 drop(active);
+                // Cut short: by the upstream (UC) or by the client going away mid-response (DC).
+                if !o.complete {
+                    event.response_flags.add(if o.upstream_failed { Flags::UC } else { Flags::DC });
+                }
                 event.bytes_sent = o.bytes;
                 event.duration_ms = start.elapsed().as_millis() as u64;
                 sink.record(event);

@@ -641,6 +641,8 @@ mod tests {
         assert_eq!(handed.load(Ordering::SeqCst), 7);
     }
 
+    /// A client whose connection is reset (gone, not half-closed) cancels its request; one
+    /// that only shut down its write side is still answered (the in-flight request goes on).
     #[tokio::test]
     async fn a_client_that_leaves_cancels_its_request() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -672,7 +674,10 @@ mod tests {
         s.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(dropped.load(Ordering::SeqCst), 0);
-        drop(s);
+        // Closed with a reset (SO_LINGER 0), as a client that is gone.
+        let std = s.into_std().unwrap();
+        socket_linger_zero(&std);
+        drop(std);
         for _ in 0..100 {
             if dropped.load(Ordering::SeqCst) == 1 {
                 return;
@@ -680,6 +685,34 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("the request was not cancelled when its client left");
+    }
+
+    fn socket_linger_zero(s: &std::net::TcpStream) {
+        rustix::net::sockopt::set_socket_linger(s, Some(std::time::Duration::ZERO)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_half_closed_client_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            serve(
+                s,
+                |_req: Request<Body>| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    Response::new(ProxyBody::full("late"))
+                },
+                |_, _, _| async {},
+            )
+            .await;
+        });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("late"), "{out}");
     }
 
     #[test]

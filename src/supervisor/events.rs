@@ -17,6 +17,12 @@ pub enum Lifecycle {
         instance: String,
         after_ms: u64,
     },
+    /// Ready again after readiness failures took it out of its endpoints.
+    ReadyAgain {
+        instance: String,
+        /// How long it was not ready.
+        after_ms: u64,
+    },
     NotReady {
         instance: String,
         reason: String,
@@ -72,6 +78,9 @@ impl Lifecycle {
             Lifecycle::Started { instance, pid } => format!("{}started (pid {pid})", who(instance)),
             Lifecycle::Ready { instance, after_ms } => {
                 format!("{}ready ({:.2}s after start)", who(instance), *after_ms as f64 / 1000.0)
+            }
+            Lifecycle::ReadyAgain { instance, after_ms } => {
+                format!("{}ready again after {:.2}s not ready", who(instance), *after_ms as f64 / 1000.0)
             }
             Lifecycle::NotReady { instance, reason } => {
                 format!("{}not ready: {reason}", who(instance))

@@ -166,6 +166,8 @@ impl Supervisor {
         };
         let mut ready = false;
         let mut failures = 0u32;
+        // When readiness was lost (`None` until it first is).
+        let mut lost: Option<Instant> = None;
         loop {
             let result = probe::check(&inst.def.readiness, app, &self.cwd, &env).await;
             match result {
@@ -175,8 +177,11 @@ impl Supervisor {
                         ready = true;
                         inst.status.ready.store(true, Ordering::Release);
                         inst.status.set_state(ProcState::Ready);
-                        let after_ms = started.elapsed().as_millis() as u64;
-                        self.events.emit(Lifecycle::Ready { instance: inst.name.clone(), after_ms });
+                        let instance = inst.name.clone();
+                        self.events.emit(match lost.take() {
+                            Some(at) => Lifecycle::ReadyAgain { instance, after_ms: at.elapsed().as_millis() as u64 },
+                            None => Lifecycle::Ready { instance, after_ms: started.elapsed().as_millis() as u64 },
+                        });
                     }
                 }
                 Err(reason) => {
@@ -185,6 +190,7 @@ impl Supervisor {
                         ready = false;
                         inst.status.ready.store(false, Ordering::Release);
                         inst.status.set_state(ProcState::Running);
+                        lost = Some(Instant::now());
                         self.events.emit(Lifecycle::NotReady { instance: inst.name.clone(), reason });
                     }
                 }
