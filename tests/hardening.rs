@@ -73,14 +73,11 @@ fn admin_api_refuses_foreign_hosts_origins_and_requests_without_the_token() {
     let r = http(m.admin, Req::get("/config_dump").host(&own));
     assert_eq!(r.status, 401, "the config dump holds the mesh file's env values");
     // With the token, a content type a form can send is still refused.
-    let r = http(
-        m.admin,
-        Req::post("/resources")
-            .host(&own)
-            .header("authorization", &bearer)
-            .header("content-type", "text/plain")
-            .with_body(VS),
-    );
+    let apply_as = |content_type: &str| {
+        let req = Req::post("/resources").host(&own).header("authorization", &bearer);
+        http(m.admin, req.header("content-type", content_type).with_body(VS))
+    };
+    let r = apply_as("text/plain");
     assert_eq!(r.status, 415, "{}", r.text());
     assert!(alive(&m), "no refused request stopped the mesh");
     assert_eq!(m.admin(Req::get("/resources?kind=VirtualService")).json().as_array().map(Vec::len), Some(0));
@@ -96,14 +93,7 @@ fn admin_api_refuses_foreign_hosts_origins_and_requests_without_the_token() {
     );
     assert_eq!(r.status, 200);
     // The token and YAML: applied.
-    let r = http(
-        m.admin,
-        Req::post("/resources")
-            .host(&own)
-            .header("authorization", &bearer)
-            .header("content-type", "application/yaml")
-            .with_body(VS),
-    );
+    let r = apply_as("application/yaml");
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -203,6 +193,20 @@ fn yaml_bombs_are_refused_fast_with_bounded_memory_by_validate_apply_and_the_dae
     let r = m.admin(Req::post("/resources").with_body(&deep));
     assert_eq!(r.status, 422);
     assert!(r.text().contains("more than 64 levels deep"), "{}", r.text());
+    // Over the admin API's body limit: a clear message, from the CLI and from the API.
+    let huge = format!(
+        "# {}
+{}",
+        "x".repeat(33 << 20),
+        VS
+    );
+    std::fs::write(dir.path().join("huge.yaml"), &huge).unwrap();
+    let (code, _, err) = devmesh(&["apply", "-f", "huge.yaml", "--admin", &m.admin.to_string()], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("over the admin API's limit of 32 MiB"), "{err}");
+    let r = m.admin(Req::post("/resources").with_body(&huge));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("limit of 32 MiB"), "{}", r.text());
     assert!(alive(&m));
 }
 

@@ -163,6 +163,27 @@ fn allowed(peer: SocketAddr) -> bool {
 /// The largest request body the admin API reads (an `apply` of many files).
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// The answer to a request body over [`MAX_BODY`].
+fn too_large() -> Response<ProxyBody> {
+    let msg =
+        format!("request body larger than the admin API's limit of {} MiB; apply fewer files at once", MAX_BODY >> 20);
+    let mut r = json_response(StatusCode::PAYLOAD_TOO_LARGE, &json!({ "errors": [msg] }));
+    r.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    r
+}
+
+/// Reads what is left of a refused body and drops it, for at most 1 GiB or 30 s.
+async fn drain(mut body: Body) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = 0usize;
+    while seen < 1 << 30 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
+}
+
 /// Read-only telemetry that scripts and Prometheus read without the token (still only with
 /// the admin's own `Host` and no foreign `Origin`).
 fn tokenless(method: &Method, path: &str) -> bool {
@@ -320,10 +341,10 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|n| n > MAX_BODY as u64) =>
         {
-            json_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"errors": [format!("request body larger than the admin API's limit of {} MiB; apply fewer files at once", MAX_BODY >> 20)]}),
-            )
+            // Read and dropped (not kept), so the client, still sending, reads the answer
+            // instead of a reset ("Broken pipe").
+            drain(req.into_body()).await;
+            too_large()
         }
         (Method::POST, "/resources") => {
             let json_body = req
@@ -331,18 +352,28 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
-            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return json_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &json!({"errors": [format!("request body larger than the admin API's limit of {} MiB; apply fewer files at once", MAX_BODY >> 20)]}),
-                    );
+            let mut body = req.into_body();
+            let mut kept = bytes::BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            if kept.len() + d.len() > MAX_BODY {
+                                drain(body).await;
+                                return too_large();
+                            }
+                            kept.extend_from_slice(d);
+                        }
+                    }
+                    Err(e) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"errors": [format!("request body: {e}")]}),
+                        );
+                    }
                 }
-                Err(e) => {
-                    return json_response(StatusCode::BAD_REQUEST, &json!({"errors": [format!("request body: {e}")]}));
-                }
-            };
+            }
+            let body = kept.freeze();
             let control = state.control.clone();
             let result = tokio::task::spawn_blocking(move || resources::apply(&control, &q, json_body, &body)).await;
             match result {
