@@ -262,3 +262,31 @@ fn apply_get_delete_and_proxy_config_like_kubectl_and_istioctl() {
     assert_eq!((code, out.as_str()), (0, "virtualservice.networking.istio.io/split deleted\n"));
     assert_eq!(http(m.gateway(), Req::get("/get").host("split.test")).status, 404);
 }
+
+/// Reading a watched file is not a change (notify reports opens and reads too): it reloads
+/// nothing, and one broken save is rejected exactly once, not again at every read.
+#[test]
+fn reading_a_watched_file_reloads_nothing_and_one_save_is_one_reload() {
+    let m = Mesh::start(&backend_mesh("routes.yaml"), &[("routes.yaml", &routes("v1", "/special"))]);
+    m.wait_ready();
+    let count = |needle: &str| m.log().matches(needle).count();
+    let path = m.dir.path().join("routes.yaml");
+    for _ in 0..20 {
+        std::fs::read_to_string(&path).unwrap();
+    }
+    // Longer than the debounce (100 ms) several times over.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(count(" serving ("), 0, "a read reloaded:\n{}", m.log());
+    assert_eq!(count("change rejected"), 0);
+    save(&m, &routes("v2", "/special["));
+    m.wait_line("change rejected", Duration::from_secs(5));
+    for _ in 0..20 {
+        std::fs::read_to_string(&path).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(count("change rejected"), 1, "rejected again without a change:\n{}", m.log());
+    save(&m, &routes("v2", "/special"));
+    m.wait_line("v2 serving", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(count(" serving ("), 1, "{}", m.log());
+}

@@ -1,13 +1,16 @@
 //! Watching the mesh file's `config:` files and folders: a saved edit (editors save through a
 //! temporary file and a rename, so the folders are watched, not the files), a new or removed
 //! YAML file in a listed folder, reloads the configuration within a second. Events are
-//! debounced; a burst of saves makes one reload.
+//! debounced; a burst of saves makes one reload. Only changes count: opening or reading a file
+//! (devmesh's own reload, a `cat`) is not one, and a reload runs only when the files' contents
+//! differ from the last ones read, so one save gives one reload (or one rejection).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +45,35 @@ fn relevant(list: &[(PathBuf, Option<PathBuf>)], changed: &Path) -> bool {
     })
 }
 
+/// Whether an event can change a file's contents: creation, modification, removal, rename,
+/// and the close of a file opened for writing; not opens, reads or closes after reading.
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(notify::event::ModifyKind::Metadata(_)) => false,
+        _ => true,
+    }
+}
+
+/// A fingerprint of the config files' names and contents (what a reload would read).
+fn fingerprint(config: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in config {
+        match crate::config::source::yaml_files(p) {
+            Ok(f) => files.extend(f),
+            Err(_) => p.hash(&mut h),
+        }
+    }
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Starts watching; reloads run on the blocking pool and report through the control plane's
 /// events. Stops when `stop` is cancelled.
 pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<()> {
@@ -53,7 +85,7 @@ pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<(
     let filter = list.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
         if let Ok(events) = res
-            && events.iter().any(|e| e.paths.iter().any(|p| relevant(&filter, p)))
+            && events.iter().any(|e| changes(&e.kind) && e.paths.iter().any(|p| relevant(&filter, p)))
         {
             let _ = tx.send(());
         }
@@ -63,6 +95,7 @@ pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<(
     for d in dirs {
         debouncer.watch(d, RecursiveMode::NonRecursive)?;
     }
+    let mut last = fingerprint(cp.config_paths());
     tokio::spawn(async move {
         let _keep = debouncer;
         loop {
@@ -72,8 +105,20 @@ pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<(
             }
             while rx.try_recv().is_ok() {}
             let cp = cp.clone();
-            // Errors and changes are reported through the events.
-            let _ = tokio::task::spawn_blocking(move || cp.reload()).await;
+            // Errors and changes are reported through the events; the same contents again
+            // (a touch, a save without edits) are not reloaded.
+            let seen = last;
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let now = fingerprint(cp.config_paths());
+                if now != seen {
+                    let _ = cp.reload();
+                }
+                now
+            })
+            .await;
+            if let Ok(now) = reloaded {
+                last = now;
+            }
         }
     });
     Ok(())
