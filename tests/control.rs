@@ -290,3 +290,48 @@ fn reading_a_watched_file_reloads_nothing_and_one_save_is_one_reload() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(count(" serving ("), 1, "{}", m.log());
 }
+
+/// kubectl's delete habits, as Istio's egress task uses them: several names, a missing one
+/// ignored with --ignore-not-found, a label selector, --all; and `get -o yaml` sorted by name.
+#[test]
+fn delete_takes_several_names_selectors_all_and_ignore_not_found() {
+    let m = Mesh::start(&backend_mesh(""), &[]);
+    m.wait_ready();
+    let admin = m.admin.to_string();
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--admin", &admin]);
+        devmesh(&a, m.dir.path())
+    };
+    let se = |name: &str, team: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, labels: {{team: {team}}}}}\nspec:\n  hosts: [{name}.example]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n"
+        )
+    };
+    let all =
+        ["zeta", "alpha", "mid", "beta"].iter().zip(["a", "a", "b", "b"]).map(|(n, t)| se(n, t)).collect::<Vec<_>>();
+    m.apply(&all.join("---\n"));
+    // Sorted by name, as the API server lists them.
+    let (_, out, _) = run(&["get", "se", "-o", "yaml"]);
+    let names: Vec<&str> = out.lines().filter_map(|l| l.trim().strip_prefix("name: ")).collect();
+    assert_eq!(names, ["alpha", "beta", "mid", "zeta"], "{out}");
+    // Two names at once, one of them missing: deleted, NotFound, exit 1; ignored with the flag.
+    let (code, out, err) = run(&["delete", "serviceentry", "zeta", "nope"]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "serviceentry.networking.istio.io/zeta deleted\n");
+    assert!(err.contains("\"nope\" not found"), "{err}");
+    let (code, out, err) = run(&["delete", "se", "alpha", "nope", "--ignore-not-found"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "serviceentry.networking.istio.io/alpha deleted\n", ""));
+    // A selector, then --all.
+    let (code, out, _) = run(&["delete", "se", "-l", "team=b,team!=c"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "serviceentry.networking.istio.io/beta deleted\nserviceentry.networking.istio.io/mid deleted\n")
+    );
+    m.apply(&se("one", "x"));
+    let (code, out, _) = run(&["delete", "se", "--all"]);
+    assert_eq!((code, out.as_str()), (0, "serviceentry.networking.istio.io/one deleted\n"));
+    let (code, _, err) = run(&["delete", "se", "--all"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("No resources found"), "{err}");
+}

@@ -104,17 +104,46 @@ pub async fn delete(args: &DeleteArgs) -> Result<ExitCode> {
         }
         keys
     } else {
-        let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
-            bail!("give -f FILE, or a KIND and a NAME (e.g. `devmesh delete vs reviews`)");
+        let Some(kind_arg) = &args.kind else {
+            bail!("give -f FILE, or a KIND and NAMEs, --all or -l (e.g. `devmesh delete vs reviews ratings`)");
         };
-        let Some(kind) = Kind::lookup(kind) else {
-            bail!("the server doesn't have a resource type \"{kind}\"");
+        let Some(kind) = Kind::lookup(kind_arg) else {
+            bail!("the server doesn't have a resource type \"{kind_arg}\"");
         };
-        vec![ResourceKey {
-            kind,
-            namespace: args.namespace.clone().unwrap_or_else(|| MESH_NAMESPACE.into()),
-            name: name.clone(),
-        }]
+        let namespace = args.namespace.clone().unwrap_or_else(|| MESH_NAMESPACE.into());
+        if args.all || args.selector.is_some() {
+            let selector = match &args.selector {
+                Some(s) => Selector::parse(s)?,
+                None => Selector::default(),
+            };
+            let listed = args.admin.client().get_json(&format!("/resources?kind={}", kind.plural())).await?;
+            let mut keys: Vec<ResourceKey> = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| args.namespace.is_none() || r["metadata"]["namespace"].as_str() == Some(namespace.as_str()))
+                .filter(|r| selector.matches(&r["metadata"]["labels"]))
+                .filter_map(|r| {
+                    Some(ResourceKey {
+                        kind,
+                        namespace: r["metadata"]["namespace"].as_str()?.to_string(),
+                        name: r["metadata"]["name"].as_str()?.to_string(),
+                    })
+                })
+                .collect();
+            keys.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            if keys.is_empty() {
+                eprintln!("No resources found");
+            }
+            keys
+        } else if args.names.is_empty() {
+            bail!("give the NAMEs of the {} to delete, --all, or -l SELECTOR", kind.plural());
+        } else {
+            args.names
+                .iter()
+                .map(|name| ResourceKey { kind, namespace: namespace.clone(), name: name.clone() })
+                .collect()
+        }
     };
     let client = args.admin.client();
     let mut failed = false;
@@ -125,6 +154,8 @@ pub async fn delete(args: &DeleteArgs) -> Result<ExitCode> {
             for r in v["results"].as_array().into_iter().flatten() {
                 println!("{}", r["line"].as_str().unwrap_or_default());
             }
+        } else if reply.status == 404 && args.ignore_not_found {
+            // kubectl's --ignore-not-found: a missing resource is as good as deleted.
         } else {
             failed = true;
             for e in strings(&v["errors"]) {
@@ -135,9 +166,73 @@ pub async fn delete(args: &DeleteArgs) -> Result<ExitCode> {
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// A label selector as kubectl's equality-based one: `k=v`, `k==v`, `k!=v`, `k` (exists),
+/// `!k` (does not), comma-separated, all required.
+#[derive(Debug, Default)]
+pub struct Selector(Vec<(String, Req)>);
+
+#[derive(Debug)]
+enum Req {
+    Equals(String),
+    NotEquals(String),
+    Exists,
+    Absent,
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Selector> {
+        let mut out = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (key, req) = if let Some((k, v)) = term.split_once("!=") {
+                (k, Req::NotEquals(v.trim().to_string()))
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (k, Req::Equals(v.trim().to_string()))
+            } else if let Some(k) = term.strip_prefix('!') {
+                (k, Req::Absent)
+            } else {
+                (term, Req::Exists)
+            };
+            let key = key.trim();
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                bail!("invalid label selector {s:?}: expected key=value, key!=value, key or !key");
+            }
+            out.push((key.to_string(), req));
+        }
+        Ok(Selector(out))
+    }
+
+    /// Whether `labels` (a JSON object, or null for none) satisfies every requirement.
+    pub fn matches(&self, labels: &Value) -> bool {
+        self.0.iter().all(|(k, req)| {
+            let v = labels.get(k).and_then(Value::as_str);
+            match req {
+                Req::Equals(want) => v == Some(want.as_str()),
+                Req::NotEquals(no) => v != Some(no.as_str()),
+                Req::Exists => v.is_some(),
+                Req::Absent => v.is_none(),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors_as_kubectl_reads_them() {
+        let labels = serde_json::json!({"app": "web", "tier": "front"});
+        let yes = |s: &str| Selector::parse(s).unwrap().matches(&labels);
+        assert!(yes("app=web"));
+        assert!(yes("app==web,tier"));
+        assert!(yes("tier!=db,!canary"));
+        assert!(!yes("app=api"));
+        assert!(!yes("canary"));
+        assert!(!yes("app=web,tier=back"));
+        assert!(Selector::parse("").unwrap().matches(&Value::Null));
+        assert!(!Selector::parse("app").unwrap().matches(&Value::Null));
+        assert!(Selector::parse("a b=c").is_err());
+    }
 
     #[test]
     fn delete_paths() {

@@ -53,6 +53,14 @@ pub async fn run(args: &GetArgs) -> Result<ExitCode> {
             _ => vec![],
         },
     };
+    // kubectl lists resources in the API server's order: by namespace, then name.
+    let mut items = items;
+    if let What::Istio(_) = what {
+        items.sort_by(|a, b| {
+            let ns = |v: &Value| v["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            (ns(a), name_of(a)).cmp(&(ns(b), name_of(b)))
+        });
+    }
     let items: Vec<Value> = match &args.name {
         Some(n) => items.into_iter().filter(|i| name_of(i) == n.as_str()).collect(),
         None => items,

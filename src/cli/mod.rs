@@ -102,16 +102,25 @@ pub struct ApplyArgs {
 
 #[derive(Args)]
 pub struct DeleteArgs {
-    /// The kind of the resource to delete (vs, dr, gw, se, sidecar, ...)
+    /// The kind of the resources to delete (vs, dr, gw, se, sidecar, ...)
     pub kind: Option<String>,
-    /// Its name
-    pub name: Option<String>,
+    /// Their names
+    pub names: Vec<String>,
     /// Delete the resources these files declare (a file, a folder, or `-`)
-    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "names", "all", "selector"])]
     pub filename: Vec<PathBuf>,
     /// Namespace [default: the mesh's]
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Every resource of the kind (in the namespace)
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Only resources whose labels match (`app=web`, `tier!=db`, `canary`; comma-separated, all must hold)
+    #[arg(short = 'l', long, conflicts_with = "names")]
+    pub selector: Option<String>,
+    /// Treat resources that do not exist as deleted (exit 0, no error)
+    #[arg(long)]
+    pub ignore_not_found: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
