@@ -249,7 +249,7 @@ fn with_routes(extra: &str) -> Mesh {
 #[test]
 fn slow_and_idle_clients_are_disconnected_by_the_header_idle_and_stream_idle_timeouts() {
     // Short limits so the test runs in about a second (defaults: 10 s, 1 h, 5 min).
-    let m = with_routes("proxy: {requestHeadersTimeout: 400ms, idleTimeout: 900ms, streamIdleTimeout: 1200ms}\n");
+    let m = with_routes("proxy: {requestHeadersTimeout: 400ms, idleTimeout: 2500ms, streamIdleTimeout: 1200ms}\n");
     let gw = m.gateway();
     // Nothing at all, a partial head, a partial small body: closed by the headers timeout.
     let mut silent = connect(gw);
@@ -271,8 +271,17 @@ fn slow_and_idle_clients_are_disconnected_by_the_header_idle_and_stream_idle_tim
     let (got, closed) = read_until_closed(&mut kept, Duration::from_secs(10));
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let closed = closed.expect("closed by the idle timeout");
-    assert!(closed >= Duration::from_millis(800), "closed after {closed:?}, before the idle timeout");
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(closed >= Duration::from_millis(2300), "closed after {closed:?}, before the idle timeout");
+    assert!(t.elapsed() < Duration::from_secs(8));
+    // A kept-alive connection whose second head trickles: the headers timeout, not the idle one.
+    let mut slow_second = connect(gw);
+    send(&mut slow_second, "GET /get HTTP/1.1\r\nHost: web\r\n\r\n");
+    let first = read_response(&mut slow_second);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    send(&mut slow_second, "GET /get HTTP/1.1\r\nHost: web\r\nX-Slow: ");
+    let (_, closed) = read_until_closed(&mut slow_second, Duration::from_secs(10));
+    let closed = closed.expect("closed by the headers timeout");
+    assert!(closed < Duration::from_millis(2000), "closed after {closed:?}: the idle timeout, not the headers one");
     // A chunked upload (hyper's path) that stalls: closed by the stream idle timeout.
     let mut stalled = connect(gw);
     send(&mut stalled, "POST /anything HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");

@@ -70,18 +70,21 @@ where
     let limits = super::admission::limits();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    // One timer per connection, moved for each request: a connection's first request head
-    // (and small body) must arrive within the headers timeout of the connection's start; a
-    // kept-alive connection may then idle for the idle timeout, and each later head must
+    // One timer per connection, never moved on the common path: a connection's first request
+    // head (and small body) must arrive within the headers timeout of the connection's start;
+    // a kept-alive connection may then idle for the idle timeout, and each later head must
     // arrive within the headers timeout of its first byte (Envoy's `request_headers_timeout`
-    // and `idle_timeout`). A client that runs out of time is disconnected.
+    // and `idle_timeout`). Each phase only notes when it began; the timer, when it fires,
+    // checks the phase it finds and either disconnects or re-arms for what is left. It is
+    // brought forward only when a head stays incomplete after a read (a slow client), so a
+    // kept-alive request costs one clock read, no timer-wheel update.
     let mut timer = pin!(tokio::time::sleep(limits.request_headers_timeout));
+    let mut phase_start = tokio::time::Instant::now();
     let mut first = true;
     loop {
         let mut idle = !first && buf.is_empty();
         if !first {
-            let wait = if idle { limits.idle_timeout } else { limits.request_headers_timeout };
-            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            phase_start = tokio::time::Instant::now();
         }
         first = false;
         // A whole request head (and a small body) in `buf`.
@@ -99,6 +102,13 @@ where
                 }
                 Next::HandOver => return hyper_fallback(buf.freeze(), io, handle).await,
             }
+            if !buf.is_empty() {
+                // An incomplete head: the timer must fire by the headers deadline.
+                let due = phase_start + limits.request_headers_timeout;
+                if timer.deadline() > due {
+                    timer.as_mut().reset(due);
+                }
+            }
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
@@ -106,12 +116,19 @@ where
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
-                () = &mut timer => return,
+                () = &mut timer => {
+                    let limit = if idle { limits.idle_timeout } else { limits.request_headers_timeout };
+                    let due = phase_start + limit;
+                    if tokio::time::Instant::now() >= due {
+                        return;
+                    }
+                    timer.as_mut().reset(due);
+                }
             }
-            if idle {
+            if idle && !buf.is_empty() {
                 // The next request's first bytes: its head has the headers timeout from now.
                 idle = false;
-                timer.as_mut().reset(tokio::time::Instant::now() + limits.request_headers_timeout);
+                phase_start = tokio::time::Instant::now();
             }
         };
         let head_request = req.method() == Method::HEAD;
