@@ -296,6 +296,10 @@ fn slow_and_idle_clients_are_disconnected_by_the_header_idle_and_stream_idle_tim
 fn the_connection_cap_refuses_a_flood_while_existing_connections_mesh_hops_and_the_admin_api_keep_serving() {
     let m = with_routes("proxy: {maxConnections: 30}\n");
     let gw = m.gateway();
+    // The soft open-file limit was raised to the hard one at start.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
+    let files: Vec<&str> = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    assert_eq!(files[3], files[4], "soft and hard open-file limits: {limits}");
     // A client connected before the flood, kept alive.
     let mut before = connect(gw);
     send(&mut before, "GET /get HTTP/1.1\r\nHost: web\r\n\r\n");
