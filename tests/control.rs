@@ -315,6 +315,13 @@ fn delete_takes_several_names_selectors_all_and_ignore_not_found() {
     let (_, out, _) = run(&["get", "se", "-o", "yaml"]);
     let names: Vec<&str> = out.lines().filter_map(|l| l.trim().strip_prefix("name: ")).collect();
     assert_eq!(names, ["alpha", "beta", "mid", "zeta"], "{out}");
+    // A List applies back, as kubectl's does (`get -o yaml | apply -f -`), YAML and JSON.
+    let (code, applied, err) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], m.dir.path(), &out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(applied.lines().filter(|l| l.ends_with(" unchanged")).count(), 4, "{applied}");
+    let (_, json, _) = run(&["get", "se", "-o", "json"]);
+    let (code, applied, err) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], m.dir.path(), &json);
+    assert_eq!((code, applied.lines().count()), (0, 4), "{err}");
     // Two names at once, one of them missing: deleted, NotFound, exit 1; ignored with the flag.
     let (code, out, err) = run(&["delete", "serviceentry", "zeta", "nope"]);
     assert_eq!(code, 1);

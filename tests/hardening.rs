@@ -298,7 +298,8 @@ fn the_connection_cap_refuses_a_flood_while_existing_connections_mesh_hops_and_t
     let gw = m.gateway();
     // The soft open-file limit was raised to the hard one at start.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
-    let files: Vec<&str> = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    let files: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
     assert_eq!(files[3], files[4], "soft and hard open-file limits: {limits}");
     // A client connected before the flood, kept alive.
     let mut before = connect(gw);

@@ -79,7 +79,7 @@ fn stars(n: i64, color: &str) -> String {
 fn details_html(status: u16, d: &Value) -> String {
     if status != 200 {
         return format!(
-            r#"<h4 class="error">Error fetching product details</h4><p class="error">{}</p>"#,
+            r#"<h4 class="error">Error fetching product details!</h4><p class="error">{}</p>"#,
             html_escape(
                 d["error"].as_str().unwrap_or("Sorry, product details are currently unavailable for this book.")
             )
@@ -105,7 +105,7 @@ fn details_html(status: u16, d: &Value) -> String {
 fn reviews_html(status: u16, r: &Value) -> String {
     if status != 200 {
         return format!(
-            r#"<h4 class="error">Error fetching product reviews</h4><p class="error">{}</p>"#,
+            r#"<h4 class="error">Error fetching product reviews!</h4><p class="error">{}</p>"#,
             html_escape(
                 r["error"].as_str().unwrap_or("Sorry, product reviews are currently unavailable for this book.")
             )
@@ -179,9 +179,9 @@ mod tests {
         assert!(html.contains("Ratings service is currently unavailable") && html.contains("on cluster <u>east</u>"));
         let failed =
             reviews_html(503, &json!({"error": "Sorry, product reviews are currently unavailable for this book."}));
-        assert!(failed.contains("Error fetching product reviews"));
+        assert!(failed.contains("Error fetching product reviews!</h4>"), "Istio's heading, with its exclamation mark");
         assert!(failed.contains("Sorry, product reviews are currently unavailable for this book."));
-        assert!(details_html(555, &json!({"error": "x"})).contains("Error fetching product details"));
+        assert!(details_html(555, &json!({"error": "x"})).contains("Error fetching product details!</h4>"));
     }
 
     #[test]

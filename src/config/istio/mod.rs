@@ -231,6 +231,19 @@ struct MetadataSpec {
 pub fn read_resources(docs: &Documents, default_namespace: &str, diags: &mut Diagnostics) -> Vec<Resource> {
     let mut out = Vec::new();
     for doc in &docs.docs {
+        // kubectl's `kind: List` (what `get -o yaml` prints for several): its items, in order.
+        if doc.get("kind").and_then(Node::as_str) == Some("List")
+            && doc.get("apiVersion").and_then(Node::as_str) == Some("v1")
+        {
+            match doc.get("items").map(|i| &i.value) {
+                Some(Value::Seq(items)) => {
+                    out.extend(items.iter().filter_map(|d| read_resource(d, &docs.name, default_namespace, diags)))
+                }
+                None => {}
+                Some(_) => diags.error(&docs.name, doc.pos, "`items` of a List must be a sequence of resources"),
+            }
+            continue;
+        }
         if let Some(r) = read_resource(doc, &docs.name, default_namespace, diags) {
             out.push(r);
         }
