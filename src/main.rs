@@ -31,9 +31,6 @@ fn main() -> ExitCode {
     if let Command::Validate(args) = &cli.command {
         return cli::validate::run(&args.paths);
     }
-    if let Command::Ca { command: CaCommand::Export { path, state_dir } } = &cli.command {
-        return finish(cli::ca::export(path, state_dir.as_deref()));
-    }
     // The control plane (accept loops, admin, supervisor, probes) needs little; request work runs
     // on the data-plane workers (dataplane::workers).
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
@@ -62,7 +59,10 @@ fn main() -> ExitCode {
             Command::Apply(a) => cli::apply::apply(a).await,
             Command::Delete(a) => cli::apply::delete(a).await,
             Command::ProxyConfig(a) => cli::proxy_config::run(a).await,
-            Command::Validate(_) | Command::Ca { .. } => Ok(ExitCode::SUCCESS),
+            Command::Ca { command: CaCommand::Export { path, state_dir, admin } } => {
+                cli::ca::export(path, state_dir.as_deref(), admin).await
+            }
+            Command::Validate(_) => Ok(ExitCode::SUCCESS),
         }
     });
     // Connection tasks may still be parked; don't wait for them.

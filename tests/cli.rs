@@ -89,24 +89,33 @@ fn istio_bookinfo_gateway_loads_unchanged() {
     assert!(!err.contains("error"), "{err}");
 }
 
+/// `ca export` prints the state dir's root, or the running mesh's, and never creates a CA
+/// (a CA made by `ca export` would be unrelated to any mesh: curl would trust the wrong one).
 #[test]
-fn ca_export_prints_the_root_created_once() {
+fn ca_export_prints_the_meshs_root_and_never_creates_one() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("devmesh.yaml"), "services: {}\n").unwrap();
-    let (code, pem, err) = devmesh(&["ca", "export"], dir.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let on_disk = std::fs::read_to_string(dir.path().join(".devmesh/ca/root-cert.pem")).unwrap();
-    assert_eq!(pem, on_disk);
-    let (_, again, _) = devmesh(&["ca", "export", "."], dir.path());
-    assert_eq!(pem, again, "the CA is reused");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join(".devmesh/ca/root-key.pem")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let other = tempfile::tempdir().unwrap();
-    let (_, elsewhere, _) = devmesh(&["ca", "export", "--state-dir", &other.path().to_string_lossy()], dir.path());
-    assert_ne!(elsewhere, pem, "--state-dir chooses another CA");
+    let (code, pem, err) = devmesh(&["ca", "export", "--admin", "127.0.0.1:1"], dir.path());
+    assert_eq!(code, 1, "{pem}");
+    assert!(err.contains("no CA in") && err.contains("devmesh up"), "{err}");
+    assert!(!dir.path().join(".devmesh").exists(), "nothing was created");
+
+    // A running mesh: its state dir's root, and from any folder through its admin API.
+    let m = Mesh::start(ONE_SERVICE, &[]);
+    m.wait_ready();
+    let on_disk = std::fs::read_to_string(m.state_dir().join("ca/root-cert.pem")).unwrap();
+    let (code, pem, err) = devmesh(&["ca", "export"], m.dir.path());
+    assert_eq!((code, pem.as_str()), (0, on_disk.as_str()), "{err}");
+    let (code, pem, err) = devmesh(&["ca", "export", "--admin", &m.admin.to_string()], dir.path());
+    assert_eq!((code, pem.as_str()), (0, on_disk.as_str()), "{err}");
+    assert!(!dir.path().join(".devmesh").exists());
+    let (code, _, err) =
+        devmesh(&["ca", "export", "--state-dir", &dir.path().join("none").to_string_lossy()], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("no CA in"), "{err}");
 }
+
+const ONE_SERVICE: &str = "gateways: {}\nservices:\n  web:\n    ports: [{name: http, port: 8000}]\n    workloads: [{command: [\"{httpbin}\"], readiness: {http: /health}}]\n";
 
 #[test]
 fn help_offers_only_what_exists_and_usage_errors_exit_2() {

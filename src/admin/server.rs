@@ -53,6 +53,8 @@ pub struct State {
     pub addr: SocketAddr,
     /// The run's bearer token (`super::token`).
     pub token: String,
+    /// The mesh CA's root certificate, PEM.
+    pub ca_root: String,
 }
 
 impl State {
@@ -188,7 +190,7 @@ async fn drain(mut body: Body) {
 /// the admin's own `Host` and no foreign `Origin`).
 fn tokenless(method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
-        && (matches!(path, "/ready" | "/workloads" | "/stats/prometheus" | "/events" | "/traces")
+        && (matches!(path, "/ready" | "/workloads" | "/ca" | "/stats/prometheus" | "/events" | "/traces")
             || path.starts_with("/traces/"))
 }
 
@@ -325,6 +327,12 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Body>) -> Resp
             }
         }
         (Method::GET, "/workloads") => json_response(StatusCode::OK, &state.workloads()),
+        // The mesh's root certificate (public: what clients need to trust the gateway).
+        (Method::GET, "/ca") => {
+            let mut r = text(StatusCode::OK, &state.ca_root);
+            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-pem-file"));
+            r
+        }
         (Method::GET, "/config_dump") => json_response(StatusCode::OK, &state.config_dump()),
         (Method::POST, "/shutdown") => {
             state.stop.cancel();

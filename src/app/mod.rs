@@ -74,6 +74,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
     let log_dir = state_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let ca = Ca::load_or_create(&ca::dir(&state_dir))?;
+    let ca_root = ca.root_pem().to_string();
     let certs = Certs::new(Arc::new(ca), CERT_TTL)?;
 
     let admin_listener = bind_admin(&opts.admin).await?;
@@ -207,6 +208,7 @@ pub async fn up(opts: UpOptions) -> Result<ExitCode> {
         telemetry: telemetry.clone(),
         addr: admin_addr,
         token: admin_token.token().to_string(),
+        ca_root,
     });
     events.emit(Lifecycle::Listening { what: "admin".into(), addr: format!("http://{admin_addr}") });
     tokio::spawn(admin::serve(admin_listener, state.clone(), dataplane_stop.clone()));

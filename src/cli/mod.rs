@@ -175,6 +175,7 @@ pub struct ValidateArgs {
 #[derive(Subcommand)]
 pub enum CaCommand {
     /// Print the root certificate (PEM), e.g. for `curl --cacert`
+    /// Print the root certificate (PEM): the state dir's, else the running mesh's; never creates one
     Export {
         /// A mesh file or folder, which locates the state dir
         #[arg(default_value = ".")]
@@ -182,5 +183,7 @@ pub enum CaCommand {
         /// The state dir [default: <mesh dir>/.devmesh]
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }

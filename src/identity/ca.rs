@@ -127,6 +127,12 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// `<state-dir>/ca`
+/// The root certificate (PEM) in a CA folder, if one was created there.
+pub fn read_root(dir: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(dir.join("root-cert.pem")).ok()?;
+    pem.contains("BEGIN CERTIFICATE").then_some(pem)
+}
+
 pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("ca")
 }
