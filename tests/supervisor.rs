@@ -151,6 +151,30 @@ fn a_failing_build_step_aborts_up_with_its_exit_code() {
     assert!(err.contains("error: build step 2 (`exit 3`) failed with exit code 3"), "{err}");
 }
 
+/// `cargo run -- up` gives devmesh cargo's package variables; a `cargo build` step that saw
+/// them would rebuild ring and everything above it (and the next `cargo run` relink devmesh).
+#[test]
+fn build_steps_do_not_see_cargo_runs_package_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("devmesh.yaml"),
+        mesh_yaml("build: [\"env > build-env.txt\", \"exit 3\"]\nservices:\n  a:\n    ports: [{port: 80}]\n    workloads: [{command: [\"{httpbin}\"]}]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(devmesh_bin())
+        .args(["up", "--headless", "--admin", "127.0.0.1:0", "."])
+        .current_dir(dir.path())
+        .env("CARGO_PKG_NAME", "devmesh")
+        .env("CARGO_MANIFEST_DIR", "/somewhere")
+        .env("DEVMESH_KEEP_ME", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let env = std::fs::read_to_string(dir.path().join("build-env.txt")).unwrap();
+    assert!(!env.contains("CARGO_PKG_NAME=") && !env.contains("CARGO_MANIFEST_DIR="), "{env}");
+    assert!(env.contains("DEVMESH_KEEP_ME=1"), "other variables pass: {env}");
+}
+
 #[test]
 fn workload_output_goes_to_its_log_file() {
     let m = Mesh::start(CRASHY, &[]);
