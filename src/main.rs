@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(supervisor::reaper::SUBCOMMAND) {
         supervisor::reaper::run();
     }
+    if let Some(code) = cli::misspelled_verb() {
+        return code;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVMESH_LOG").unwrap_or_else(|_| "warn".into()))

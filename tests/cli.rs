@@ -148,3 +148,15 @@ fn up_refuses_an_invalid_mesh_with_located_errors() {
     assert_eq!(code, 1);
     assert_eq!(err, "devmesh.yaml:4:18: error: unknown field `comand` (did you mean `command`?)\n");
 }
+
+#[test]
+fn a_misspelled_verb_gets_a_suggestion_and_exit_2() {
+    for (typo, verb) in [("gte", "get"), ("aply", "apply"), ("vaildate", "validate"), ("dwon", "down")] {
+        let (code, _, err) = devmesh(&[typo], root());
+        assert_eq!(code, 2, "{typo}");
+        assert!(err.contains(&format!("tip: a similar subcommand exists: '{verb}'")), "{typo}: {err}");
+    }
+    let (code, _, err) = devmesh(&["zzzzzz"], root());
+    assert_eq!(code, 2);
+    assert!(err.contains("unrecognized subcommand") && !err.contains("tip:"), "{err}");
+}

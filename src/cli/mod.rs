@@ -13,6 +13,43 @@ use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 
+/// The verb closest to `word` (a transposition or a letter off, as `gte` for `get`, which
+/// clap's own Jaro threshold does not catch), if one is close enough to suggest.
+pub fn closest_verb(word: &str, verbs: &[String]) -> Option<String> {
+    verbs
+        .iter()
+        .map(|v| (strsim::osa_distance(word, v), v))
+        .filter(|(d, v)| *d <= if v.len() <= 3 { 1 } else { 2 })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v.clone())
+}
+
+/// When the first argument is an unknown verb close to a real one: clap's error with a tip,
+/// and the usage-error exit code (2).
+pub fn misspelled_verb() -> Option<std::process::ExitCode> {
+    use clap::CommandFactory;
+    let word = std::env::args().nth(1)?;
+    if word.starts_with('-') {
+        return None;
+    }
+    let cmd = Cli::command();
+    let mut verbs: Vec<String> = Vec::new();
+    for sc in cmd.get_subcommands() {
+        verbs.push(sc.get_name().to_string());
+        verbs.extend(sc.get_all_aliases().map(str::to_string));
+    }
+    verbs.push("help".into());
+    if verbs.contains(&word) {
+        return None;
+    }
+    let tip = closest_verb(&word, &verbs)?;
+    eprintln!(
+        "error: unrecognized subcommand '{word}'\n\n  tip: a similar subcommand exists: '{tip}'\n\n\
+         Usage: devmesh <COMMAND>\n\nFor more information, try '--help'."
+    );
+    Some(std::process::ExitCode::from(2))
+}
+
 #[derive(Parser)]
 #[command(
     name = "devmesh",
