@@ -280,14 +280,15 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Any
     Ok(resp.map(|b| b.boxed()))
 }
 
-async fn tcp_echo(listener: tokio::net::TcpListener) {
+async fn tcp_echo(listener: tokio::net::TcpListener, suffix: String) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let suffix = suffix.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
-            if w.write_all(format!("hello {}\n", pod()).as_bytes()).await.is_err() {
+            if w.write_all(format!("hello {}{suffix}\n", pod()).as_bytes()).await.is_err() {
                 return;
             }
             let mut lines = BufReader::new(r).lines();
@@ -320,7 +321,19 @@ async fn main() {
     };
     eprintln!("httpbin {} listening on 127.0.0.1:{port}", pod());
     if args.iter().any(|a| a == "--tcp-echo") {
-        tcp_echo(listener).await;
+        // Every other named port of the workload (`PORT_<NAME>`) echoes too, greeting with its
+        // name: `hello <pod> on <NAME>`.
+        for (key, value) in std::env::vars() {
+            let Some(name) = key.strip_prefix("PORT_") else { continue };
+            let Ok(p) = value.parse::<u16>() else { continue };
+            if p == port {
+                continue;
+            }
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", p)).await {
+                tokio::spawn(tcp_echo(l, format!(" on {name}")));
+            }
+        }
+        tcp_echo(listener, String::new()).await;
         return;
     }
     loop {

@@ -204,6 +204,33 @@ fn named_server(name: &'static str) -> u16 {
     port
 }
 
+/// Istio's TCP traffic shifting shape with a second port: a `tcp` route that matches port
+/// 7000 only leaves 7001 to the service's own cluster (pilot adds the default route for a port
+/// no route matched), instead of resetting its connections.
+#[test]
+fn a_tcp_route_for_one_port_leaves_the_services_other_port_served() {
+    let m = Mesh::start(
+        &TCP.replace(
+            "ports: [{name: tcp-echo, port: 7000}]",
+            "ports: [{name: tcp-echo, port: 7000}, {name: tcp-other, port: 7001}]",
+        ),
+        &[],
+    );
+    m.wait_ready();
+    m.apply(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo}\nspec:\n  host: echo\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo}\nspec:\n  hosts: [echo]\n  tcp:\n  - match: [{port: 7000}]\n    route: [{destination: {host: echo, subset: v2, port: {number: 7000}}}]\n",
+    );
+    let main = m.upstream("client", "echo", 7000);
+    let other = m.upstream("client", "echo", 7001);
+    assert!((0..6).all(|_| greeting(main) == "hello echo-v2"), "the route applies to 7000");
+    let seen: std::collections::HashSet<String> = (0..12).map(|_| greeting(other)).collect();
+    assert_eq!(
+        seen,
+        ["hello echo-v1 on TCP_OTHER", "hello echo-v2 on TCP_OTHER"].iter().map(|s| s.to_string()).collect(),
+        "7001 has no route: the service's default cluster, both versions"
+    );
+}
+
 #[test]
 fn tcp_and_tls_routes() {
     let m = Mesh::start(TCP, &[]);

@@ -91,6 +91,10 @@ pub fn compile(topology: Arc<Topology>, resources: Arc<Vec<Resource>>, version: 
                 routes.push(default_route(cluster));
             }
             mesh_routes.insert((si, port.port), Arc::new(RouteTable { routes }));
+            // Routes whose every match names another port never apply here; a port no route
+            // applies to goes to the service's own cluster, as pilot adds the default route
+            // when no route matched the port (a `tcp` route for 9000 leaves 9001 alone).
+            tcp.retain(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port.port)));
             if tcp.is_empty() {
                 let cluster = clusters.get(&mesh_ns, Some(si), &svc.host, None, port.port);
                 tcp.push(super::routes::TcpRoute {
