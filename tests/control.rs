@@ -342,3 +342,39 @@ fn delete_takes_several_names_selectors_all_and_ignore_not_found() {
     assert_eq!(code, 0);
     assert!(err.contains("No resources found"), "{err}");
 }
+
+/// Every field devmesh does not honour is warned about wherever it stands (here a port-level
+/// `tls.mode: SIMPLE`, Istio's egress-rule-google-apis.yaml), and `validate` and
+/// `apply --dry-run` say everything the real `apply` says, as kubectl's --dry-run=server.
+#[test]
+fn validate_and_dry_run_warn_as_apply_does_at_every_level() {
+    let file = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: googleapis}\nspec:\n  hosts: [www.googleapis.com]\n  ports:\n  - {number: 80, name: http-port, protocol: HTTP}\n  - {number: 443, name: https-port, protocol: HTTPS}\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: originate-tls}\nspec:\n  host: www.googleapis.com\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 443}\n      tls:\n        mode: SIMPLE\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      connectionPool: {tcp: {maxConnections: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: nowhere}\nspec:\n  hosts: [nowhere.example]\n  http:\n  - route: [{destination: {host: backend, subset: v9}}]\n";
+    let m = Mesh::start(&backend_mesh(""), &[("egress.yaml", file)]);
+    m.wait_ready();
+    let admin = m.admin.to_string();
+    let warnings =
+        |err: &str| -> Vec<String> { err.lines().filter(|l| l.contains(": warning: ")).map(str::to_string).collect() };
+    let (code, _, err) = devmesh(&["validate", "egress.yaml"], m.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let validated = warnings(&err);
+    assert!(
+        validated
+            .iter()
+            .any(|w| w.starts_with("egress.yaml:20:9: warning: DestinationRule portLevelSettings.tls mode SIMPLE")),
+        "{err}"
+    );
+    assert!(
+        validated.iter().any(|w| w.starts_with("egress.yaml:25:23: warning:") && w.contains("connectionPool")),
+        "{err}"
+    );
+    let (code, _, dry) = devmesh(&["apply", "-f", "egress.yaml", "--dry-run", "--admin", &admin], m.dir.path());
+    assert_eq!(code, 0, "{dry}");
+    let (code, _, real) = devmesh(&["apply", "-f", "egress.yaml", "--admin", &admin], m.dir.path());
+    assert_eq!(code, 0, "{real}");
+    assert_eq!(warnings(&dry), warnings(&real), "the dry run says what the apply says");
+    // The real apply knows the mesh: the unknown subset too, which validate alone cannot tell.
+    assert!(warnings(&real).iter().any(|w| w.contains("v9")), "{real}");
+    for w in &validated {
+        assert!(warnings(&real).contains(w), "validate's {w:?} is also apply's:\n{real}");
+    }
+}

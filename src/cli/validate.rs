@@ -41,6 +41,11 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
     }
     if !loose.is_empty() {
         let resources = load::resources(&loose, "default", &mut diags);
+        // What `apply` would warn about that needs no mesh: fields not honoured yet, at
+        // every level they can stand (hosts and subsets need the mesh file to be checked).
+        for r in &resources {
+            crate::model::support::unsupported(r, &mut diags);
+        }
         summary.push(format!("{} Istio resources", resources.len()));
     }
     let errors = diags.iter().filter(|d| d.severity == crate::config::diag::Severity::Error).count();

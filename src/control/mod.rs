@@ -199,9 +199,15 @@ impl ControlPlane {
         let mut next = guard.clone();
         let changes = next.apply(items, &Source::Api);
         if dry_run {
+            // Everything the real apply would say (kubectl's --dry-run=server): the change is
+            // compiled, not swapped in, and its warnings about the applied sources are kept.
+            let compiled = compile(self.topology.clone(), Arc::new(next.resources()), 0, self.mode);
+            let mut warnings = sorted(diags);
+            warnings
+                .extend(sorted(compiled.warnings).into_iter().filter(|w| sources.iter().any(|(n, _)| *n == w.file)));
             return Ok(Outcome {
                 changes,
-                warnings: sorted(diags),
+                warnings,
                 version: self.version.load(Ordering::Acquire),
                 took: Duration::ZERO,
             });

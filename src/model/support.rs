@@ -8,6 +8,7 @@ use crate::config::istio::gateway::GatewaySpec;
 use crate::config::istio::service_entry::{ServiceEntrySpec, SidecarSpec};
 use crate::config::istio::virtual_service::VirtualServiceSpec;
 use crate::config::istio::{Resource, Spec};
+use crate::config::yaml::Spanned;
 
 pub fn unsupported(res: &Resource, out: &mut Diagnostics) {
     let file = &res.origin.file;
@@ -73,12 +74,6 @@ fn virtual_service(vs: &VirtualServiceSpec, warn: &mut impl FnMut(Pos, String)) 
 
 fn traffic_policy(tp: &TrafficPolicy, external: bool, warn: &mut impl FnMut(Pos, String)) {
     let dr = "DestinationRule";
-    if let Some(c) = &tp.connection_pool {
-        warn(c.pos, not_yet(dr, "trafficPolicy.connectionPool"));
-    }
-    if let Some(o) = &tp.outlier_detection {
-        warn(o.pos, not_yet(dr, "trafficPolicy.outlierDetection"));
-    }
     let positions = [
         ("tunnel", tp.tunnel.as_ref().map(|t| t.pos)),
         ("proxyProtocol", tp.proxy_protocol.as_ref().map(|t| t.pos)),
@@ -89,33 +84,61 @@ fn traffic_policy(tp: &TrafficPolicy, external: bool, warn: &mut impl FnMut(Pos,
             warn(pos, not_yet(dr, &format!("trafficPolicy.{field}")));
         }
     }
-    if let Some(lb) = &tp.load_balancer {
+    let top = Settings {
+        connection_pool: tp.connection_pool.as_ref().map(|c| c.pos),
+        outlier_detection: tp.outlier_detection.as_ref().map(|o| o.pos),
+        load_balancer: tp.load_balancer.as_ref(),
+        tls: tp.tls.as_ref(),
+    };
+    settings(&top, "trafficPolicy", external, warn);
+    for p in &tp.port_level_settings {
+        let port = Settings {
+            connection_pool: p.connection_pool.as_ref().map(|c| c.pos),
+            outlier_detection: p.outlier_detection.as_ref().map(|o| o.pos),
+            load_balancer: p.load_balancer.as_ref(),
+            tls: p.tls.as_ref(),
+        };
+        settings(&port, "portLevelSettings", external, warn);
+    }
+}
+
+/// The settings a traffic policy and each of its port-level settings share, checked the same
+/// way wherever they stand (top level, subset, port level): every one not honoured is warned
+/// about at its own position.
+struct Settings<'a> {
+    connection_pool: Option<Pos>,
+    outlier_detection: Option<Pos>,
+    load_balancer: Option<&'a Spanned<crate::config::istio::destination_rule::LoadBalancerSettings>>,
+    tls: Option<&'a Spanned<crate::config::istio::destination_rule::ClientTlsSettings>>,
+}
+
+fn settings(s: &Settings<'_>, at: &str, external: bool, warn: &mut impl FnMut(Pos, String)) {
+    let dr = "DestinationRule";
+    if let Some(pos) = s.connection_pool {
+        warn(pos, not_yet(dr, &format!("{at}.connectionPool")));
+    }
+    if let Some(pos) = s.outlier_detection {
+        warn(pos, not_yet(dr, &format!("{at}.outlierDetection")));
+    }
+    if let Some(lb) = s.load_balancer {
         if lb.locality_lb_setting.is_some() || lb.zone_aware_lb_setting.is_some() {
             warn(lb.pos, "DestinationRule locality load balancing is not honoured: a laptop has one locality".into());
         }
         if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
-            warn(lb.pos, not_yet(dr, "loadBalancer.warmup"));
+            warn(lb.pos, not_yet(dr, &format!("{at}.loadBalancer.warmup")));
         }
     }
-    if let Some(t) = &tp.tls
+    if let Some(t) = s.tls
         && matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
     {
         let what = if external { "TLS origination to external hosts" } else { "SIMPLE/MUTUAL TLS to mesh services" };
         warn(
             t.pos,
             format!(
-                "DestinationRule tls mode {:?}: {what} is not supported yet; traffic is sent as without it",
-                t.mode.unwrap_or(ClientTlsMode::Simple)
+                "DestinationRule {at}.tls mode {}: {what} is not supported yet; traffic is sent as without it",
+                format!("{:?}", t.mode.unwrap_or(ClientTlsMode::Simple)).to_ascii_uppercase()
             ),
         );
-    }
-    for p in &tp.port_level_settings {
-        if let Some(c) = &p.connection_pool {
-            warn(c.pos, not_yet(dr, "portLevelSettings.connectionPool"));
-        }
-        if let Some(o) = &p.outlier_detection {
-            warn(o.pos, not_yet(dr, "portLevelSettings.outlierDetection"));
-        }
     }
 }
 
