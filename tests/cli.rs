@@ -160,3 +160,26 @@ fn a_misspelled_verb_gets_a_suggestion_and_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("unrecognized subcommand") && !err.contains("tip:"), "{err}");
 }
+
+/// A structural error (an unknown field) no longer hides the semantic errors of the same
+/// resource: `validate` reports every problem in one round, as it does for mesh files.
+#[test]
+fn validate_reports_structural_and_semantic_errors_of_a_resource_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hostz: [x]\n  hosts: [x]\n  http:\n  - route: [{destination: {host: x}}]\n    timeout: -3s\n    retries: {attempts: -1, perTryTimeout: banana}\n",
+    )
+    .unwrap();
+    let (code, _, err) = devmesh(&["validate", "vs.yaml"], dir.path());
+    assert_eq!(code, 1);
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains(": error: ")).collect();
+    assert!(errors[0].starts_with("vs.yaml:5:3: error: unknown field `hostz`"), "{err}");
+    assert!(errors.iter().any(|l| l.starts_with("vs.yaml:9:14: error:")), "the timeout, in the same round: {err}");
+    assert!(errors.iter().any(|l| l.starts_with("vs.yaml:10:25: error: attempts cannot be negative")), "{err}");
+    assert!(
+        errors.iter().any(|l| l.starts_with("vs.yaml:10:44: error: time: invalid duration")),
+        "perTryTimeout: {err}"
+    );
+    assert!(err.contains("validation failed: 4 error(s)"), "{err}");
+}

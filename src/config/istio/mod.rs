@@ -290,33 +290,40 @@ fn read_resource(doc: &Node, file: &Arc<str>, default_namespace: &str, diags: &m
         diags.error(file, api_node.pos, format!("no matches for kind \"{kind_name}\" in version \"{api_version}\""));
         return None;
     }
+    // Read leniently: a structural error (an unknown field, a wrong type) leaves a placeholder
+    // and the semantic checks still run on the rest, so `validate` reports every problem of a
+    // file in one round. Such a resource is checked, then dropped (it is never applied).
+    let mut structural = Diagnostics::new();
     let (metadata, spec) = match kind {
         Kind::VirtualService => {
-            let env: Envelope<VirtualServiceSpec> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<VirtualServiceSpec> = lenient(doc, file, &mut structural)?;
             (env.metadata, Spec::VirtualService(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::Gateway => {
-            let env: Envelope<GatewaySpec> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<GatewaySpec> = lenient(doc, file, &mut structural)?;
             (env.metadata, Spec::Gateway(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::DestinationRule => {
-            let env: Envelope<DestinationRuleSpec> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<DestinationRuleSpec> = lenient(doc, file, &mut structural)?;
             (env.metadata, Spec::DestinationRule(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::ServiceEntry => {
-            let env: Envelope<ServiceEntrySpec> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<ServiceEntrySpec> = lenient(doc, file, &mut structural)?;
             (env.metadata, Spec::ServiceEntry(Arc::new(env.spec.unwrap_or_default())))
         }
         Kind::Sidecar => {
-            let env: Envelope<SidecarSpec> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<SidecarSpec> = lenient(doc, file, &mut structural)?;
             (env.metadata, Spec::Sidecar(Arc::new(env.spec.unwrap_or_default())))
         }
         _ => {
-            let env: Envelope<serde::de::IgnoredAny> = yaml::from_node(doc, file, diags)?;
+            let env: Envelope<serde::de::IgnoredAny> = lenient(doc, file, &mut structural)?;
             let spec = doc.get("spec").map(to_json).unwrap_or(serde_json::Value::Object(Default::default()));
             (env.metadata, Spec::Opaque(spec))
         }
     };
+    let broken: Vec<Pos> = structural.iter().map(|d| d.pos).collect();
+    let failed = structural.has_errors();
+    diags.extend(structural);
     let Some(meta) = metadata else {
         diags.error(file, doc.pos, "missing field `metadata`");
         return None;
@@ -347,13 +354,35 @@ fn read_resource(doc: &Node, file: &Arc<str>, default_namespace: &str, diags: &m
         }
         None => default_namespace.to_string(),
     };
-    Some(Resource {
+    let resource = Resource {
         api_version: api_version.to_string(),
         kind,
         metadata: Metadata { name: name.value, namespace, labels: meta.labels, annotations: meta.annotations },
         spec,
         origin: Origin { file: file.clone(), pos: doc.pos },
-    })
+    };
+    if failed {
+        // Its semantic findings, less those about a node that holds a structural error (a
+        // consequence of it: no cascades), then it is left out.
+        let mut semantic = Diagnostics::new();
+        validate::validate(&resource, &mut semantic);
+        let mut extents = std::collections::HashMap::new();
+        doc.extents(&mut extents);
+        for d in semantic.sorted() {
+            let end = extents.get(&d.pos).copied().unwrap_or(d.pos);
+            if !broken.iter().any(|p| *p == d.pos || (d.pos <= *p && *p < end)) {
+                diags.push_diagnostic(d);
+            }
+        }
+        return None;
+    }
+    Some(resource)
+}
+
+/// [`yaml::from_node_lenient`] for a resource's envelope: the value, with placeholders where
+/// the structure was wrong (its errors in `diags`), unless nothing could be read.
+fn lenient<'a, T: serde::Deserialize<'a>>(doc: &'a Node, file: &Arc<str>, diags: &mut Diagnostics) -> Option<T> {
+    yaml::from_node_lenient(doc, file, diags).0
 }
 
 /// A YAML node as JSON, typing plain scalars by the YAML 1.2 core schema.
