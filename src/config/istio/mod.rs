@@ -464,7 +464,10 @@ mod tests {
             "r.yaml:1:13: error: no matches for kind \"VirtualService\" in version \"networking.istio.io/v2\"\n\
              r.yaml:6:7: error: no matches for kind \"VirtualServise\" in version \"networking.istio.io/v1\"\n\
              r.yaml:11:18: error: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character\n\
-             r.yaml:16:39: error: unknown field `hostz` (did you mean `hosts`?)\n"
+             r.yaml:16:25: error: missing field `protocol`\n\
+             r.yaml:16:25: error: port name must be set: missing field `name`\n\
+             r.yaml:16:39: error: unknown field `hostz` (did you mean `hosts`?)\n",
+            "the port's own errors come in the same round as the server's unknown field"
         );
     }
 }
