@@ -378,3 +378,28 @@ fn validate_and_dry_run_warn_as_apply_does_at_every_level() {
         assert!(warnings(&real).contains(w), "validate's {w:?} is also apply's:\n{real}");
     }
 }
+
+/// `meshConfig.outboundTrafficPolicy` changes live when the mesh file is saved, as Istio's
+/// `istio` ConfigMap does; a change that needs a restart is said, and nothing else moves.
+#[test]
+fn mesh_config_reloads_live_and_other_mesh_file_changes_say_restart() {
+    let yaml = "gateways: {}\nservices:\n  client:\n    ports: [{name: http, port: 8000}]\n    workloads: [{command: [\"{httpbin}\"], readiness: {http: /health}}]\n";
+    let m = Mesh::start(yaml, &[]);
+    m.wait_ready();
+    let proxy = m.outbound_proxy("client");
+    let outside = format!("http://{}/get", m.app("client"));
+    let host = m.app("client").to_string();
+    assert_eq!(http(proxy, Req::get(&outside).host(&host)).status, 200, "ALLOW_ANY: passthrough");
+    let file = m.dir.path().join("devmesh.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("meshConfig: {{outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}}}\n{text}")).unwrap();
+    m.wait_line("meshConfig.outboundTrafficPolicy REGISTRY_ONLY", Duration::from_secs(5));
+    assert_eq!(http(proxy, Req::get(&outside).host(&host)).status, 502, "REGISTRY_ONLY: BlackHoleCluster");
+    assert!(!m.log().contains("needs a restart"), "{}", m.log());
+    // A service change is not applied live: said, and the policy stays.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("port: 8000", "port: 8001")).unwrap();
+    let line = m.wait_line("needs a restart", Duration::from_secs(5));
+    assert!(line.contains("services"), "{line}");
+    assert_eq!(http(proxy, Req::get(&outside).host(&host)).status, 502);
+}

@@ -38,7 +38,10 @@ pub struct Outcome {
 pub struct ControlPlane {
     topology: Arc<Topology>,
     namespace: String,
-    mode: OutboundMode,
+    /// `meshConfig.outboundTrafficPolicy`: changed live when the mesh file is saved.
+    mode: Mutex<OutboundMode>,
+    /// The mesh file as loaded at start (what needs a restart is compared against it).
+    mesh: Mesh,
     /// The mesh file's `config:` entries (files or folders).
     config: Vec<PathBuf>,
     pub snapshot: Shared,
@@ -123,7 +126,8 @@ impl ControlPlane {
         let control = Arc::new(ControlPlane {
             topology,
             namespace: mesh.namespace.clone(),
-            mode: mesh.outbound_mode,
+            mode: Mutex::new(mesh.outbound_mode),
+            mesh: mesh.clone(),
             config: mesh.config.clone(),
             snapshot,
             store: Mutex::new(store),
@@ -152,6 +156,54 @@ impl ControlPlane {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    fn mode(&self) -> OutboundMode {
+        self.mode.lock().map(|m| *m).unwrap_or_default()
+    }
+
+    /// The mesh file this mesh was started from.
+    pub fn mesh_file(&self) -> &std::path::Path {
+        &self.mesh.file
+    }
+
+    /// The mesh file was saved: what can change live does (`meshConfig`, as Istio's `istio`
+    /// ConfigMap), and what needs a restart is named. A file with errors changes nothing.
+    pub fn mesh_file_changed(&self) {
+        let mut diags = Diagnostics::new();
+        let Some(new) = crate::config::mesh::load(&self.mesh.file, &mut diags) else {
+            self.rejected(&diags);
+            return;
+        };
+        let restart = restart_fields(&self.mesh, &new);
+        if !restart.is_empty()
+            && let Some(ev) = &self.events
+        {
+            ev.emit(Lifecycle::Warning {
+                message: format!(
+                    "the mesh file changed {}: that needs a restart (`devmesh down`, then `devmesh up`); \
+                     meshConfig applies live",
+                    restart.join(", ")
+                ),
+            });
+        }
+        let mut guard = self.lock();
+        let old = self.mode();
+        if new.outbound_mode == old {
+            return;
+        }
+        if let Ok(mut m) = self.mode.lock() {
+            *m = new.outbound_mode;
+        }
+        let next = guard.clone();
+        let change = format!(
+            "meshConfig.outboundTrafficPolicy {}",
+            match new.outbound_mode {
+                OutboundMode::AllowAny => "ALLOW_ANY",
+                OutboundMode::RegistryOnly => "REGISTRY_ONLY",
+            }
+        );
+        self.commit_forced(&mut guard, next, change);
     }
 
     /// The config files and folders being watched.
@@ -201,7 +253,7 @@ impl ControlPlane {
         if dry_run {
             // Everything the real apply would say (kubectl's --dry-run=server): the change is
             // compiled, not swapped in, and its warnings about the applied sources are kept.
-            let compiled = compile(self.topology.clone(), Arc::new(next.resources()), 0, self.mode);
+            let compiled = compile(self.topology.clone(), Arc::new(next.resources()), 0, self.mode());
             let mut warnings = sorted(diags);
             warnings
                 .extend(sorted(compiled.warnings).into_iter().filter(|w| sources.iter().any(|(n, _)| *n == w.file)));
@@ -306,6 +358,24 @@ impl ControlPlane {
         Ok(self.commit(&mut guard, next, changes, diags))
     }
 
+    /// Compiles and swaps in the store with a changed mesh setting (`what` names it).
+    fn commit_forced(&self, current: &mut Store, next: Store, what: String) {
+        let start = Instant::now();
+        let version = self.version.load(Ordering::Acquire) + 1;
+        let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode());
+        let old = self.snapshot.swap(Arc::new(compiled.snapshot));
+        self.version.store(version, Ordering::Release);
+        let took = start.elapsed();
+        self.retired.push(old);
+        *current = next;
+        if let Ok(mut w) = self.warnings.lock() {
+            *w = sorted(compiled.warnings);
+        }
+        if let Some(ev) = &self.events {
+            ev.emit(Lifecycle::ConfigApplied { version, took_us: took.as_micros() as u64, changes: vec![what] });
+        }
+    }
+
     /// Compiles and swaps in `next` when anything changed.
     fn commit(&self, current: &mut Store, next: Store, changes: Vec<Change>, diags: Diagnostics) -> Outcome {
         let changed = changes.iter().any(|c| c.action != store::Action::Unchanged);
@@ -316,7 +386,7 @@ impl ControlPlane {
         }
         let start = Instant::now();
         let version = self.version.load(Ordering::Acquire) + 1;
-        let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode);
+        let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode());
         let old = self.snapshot.swap(Arc::new(compiled.snapshot));
         self.version.store(version, Ordering::Release);
         // The new configuration serves from here; freeing the old one is not part of it.
@@ -347,6 +417,31 @@ impl ControlPlane {
             ev.emit(Lifecycle::ConfigRejected { version: self.version.load(Ordering::Acquire), errors });
         }
     }
+}
+
+/// The mesh file's parts that differ between `old` and `new` and need a restart (everything
+/// but `meshConfig`): processes, listeners and addresses are made at start.
+fn restart_fields(old: &Mesh, new: &Mesh) -> Vec<&'static str> {
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let mut out = Vec::new();
+    let pairs: [(&'static str, String, String); 8] = [
+        ("namespace", json(&old.namespace), json(&new.namespace)),
+        ("build", json(&old.build), json(&new.build)),
+        ("config", json(&old.config), json(&new.config)),
+        ("gateways", json(&old.gateways), json(&new.gateways)),
+        ("services", json(&old.services), json(&new.services)),
+        ("proxy", json(&old.proxy), json(&new.proxy)),
+        ("accessLog", json(&old.access_log), json(&new.access_log)),
+        ("file", json(&old.file), json(&new.file)),
+    ];
+    for (name, a, b) in pairs {
+        if a != b {
+            out.push(name);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -78,24 +78,29 @@ fn fingerprint(config: &[PathBuf]) -> u64 {
 /// events. Stops when `stop` is cancelled.
 pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<()> {
     let list = watch_list(cp.config_paths());
-    if list.is_empty() {
-        return Ok(());
-    }
+    // The mesh file too: its `meshConfig` applies live, the rest is said to need a restart.
+    let mesh_file = cp.mesh_file().to_path_buf();
+    let mesh_entry = (mesh_file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), None);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let filter = list.clone();
+    let watched_mesh = mesh_file.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
         if let Ok(events) = res
-            && events.iter().any(|e| changes(&e.kind) && e.paths.iter().any(|p| relevant(&filter, p)))
+            && events
+                .iter()
+                .any(|e| changes(&e.kind) && e.paths.iter().any(|p| relevant(&filter, p) || *p == watched_mesh))
         {
             let _ = tx.send(());
         }
     })?;
-    let mut dirs: Vec<&PathBuf> = list.iter().map(|(d, _)| d).collect();
+    let mut dirs: Vec<&PathBuf> = list.iter().chain(std::iter::once(&mesh_entry)).map(|(d, _)| d).collect();
+    dirs.sort();
     dirs.dedup();
     for d in dirs {
         debouncer.watch(d, RecursiveMode::NonRecursive)?;
     }
     let mut last = fingerprint(cp.config_paths());
+    let mut last_mesh = fingerprint(std::slice::from_ref(&mesh_file));
     tokio::spawn(async move {
         let _keep = debouncer;
         loop {
@@ -105,19 +110,25 @@ pub fn spawn(cp: Arc<ControlPlane>, stop: CancellationToken) -> notify::Result<(
             }
             while rx.try_recv().is_ok() {}
             let cp = cp.clone();
+            let mesh_file = mesh_file.clone();
             // Errors and changes are reported through the events; the same contents again
             // (a touch, a save without edits) are not reloaded.
-            let seen = last;
+            let (seen, seen_mesh) = (last, last_mesh);
             let reloaded = tokio::task::spawn_blocking(move || {
+                let now_mesh = fingerprint(std::slice::from_ref(&mesh_file));
+                if now_mesh != seen_mesh {
+                    cp.mesh_file_changed();
+                }
                 let now = fingerprint(cp.config_paths());
                 if now != seen {
                     let _ = cp.reload();
                 }
-                now
+                (now, now_mesh)
             })
             .await;
-            if let Ok(now) = reloaded {
+            if let Ok((now, now_mesh)) = reloaded {
                 last = now;
+                last_mesh = now_mesh;
             }
         }
     });
