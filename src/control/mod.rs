@@ -360,20 +360,7 @@ impl ControlPlane {
 
     /// Compiles and swaps in the store with a changed mesh setting (`what` names it).
     fn commit_forced(&self, current: &mut Store, next: Store, what: String) {
-        let start = Instant::now();
-        let version = self.version.load(Ordering::Acquire) + 1;
-        let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode());
-        let old = self.snapshot.swap(Arc::new(compiled.snapshot));
-        self.version.store(version, Ordering::Release);
-        let took = start.elapsed();
-        self.retired.push(old);
-        *current = next;
-        if let Ok(mut w) = self.warnings.lock() {
-            *w = sorted(compiled.warnings);
-        }
-        if let Some(ev) = &self.events {
-            ev.emit(Lifecycle::ConfigApplied { version, took_us: took.as_micros() as u64, changes: vec![what] });
-        }
+        self.swap_in(current, next, vec![what]);
     }
 
     /// Compiles and swaps in `next` when anything changed.
@@ -384,6 +371,15 @@ impl ControlPlane {
             *current = next;
             return Outcome { changes, warnings, version: self.version.load(Ordering::Acquire), took: Duration::ZERO };
         }
+        let lines = changes.iter().filter(|c| c.action != store::Action::Unchanged).map(Change::line).collect();
+        let (version, took, all_warnings) = self.swap_in(current, next, lines);
+        warnings.extend(all_warnings);
+        Outcome { changes, warnings, version, took }
+    }
+
+    /// Compiles `next`, swaps it in as the next version, keeps the applied resources, records
+    /// the running warnings and announces `changes`: (version, compile + swap time, warnings).
+    fn swap_in(&self, current: &mut Store, next: Store, changes: Vec<String>) -> (u64, Duration, Vec<Diagnostic>) {
         let start = Instant::now();
         let version = self.version.load(Ordering::Acquire) + 1;
         let compiled = compile(self.topology.clone(), Arc::new(next.resources()), version, self.mode());
@@ -396,18 +392,13 @@ impl ControlPlane {
         // Every change is kept (a reload rewrites the same API resources; cheap beside the compile).
         self.save_applied(current);
         let all_warnings = sorted(compiled.warnings);
-        warnings.extend(all_warnings.iter().cloned());
         if let Ok(mut w) = self.warnings.lock() {
-            *w = all_warnings;
+            *w = all_warnings.clone();
         }
         if let Some(ev) = &self.events {
-            ev.emit(Lifecycle::ConfigApplied {
-                version,
-                took_us: took.as_micros() as u64,
-                changes: changes.iter().filter(|c| c.action != store::Action::Unchanged).map(Change::line).collect(),
-            });
+            ev.emit(Lifecycle::ConfigApplied { version, took_us: took.as_micros() as u64, changes });
         }
-        Outcome { changes, warnings, version, took }
+        (version, took, all_warnings)
     }
 
     fn rejected(&self, diags: &Diagnostics) {

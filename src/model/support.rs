@@ -3,7 +3,9 @@
 //! features land (README "Supported Istio features" mirrors it).
 
 use crate::config::diag::{Diagnostics, Pos};
-use crate::config::istio::destination_rule::{ClientTlsMode, DestinationRuleSpec, TrafficPolicy};
+use crate::config::istio::destination_rule::{
+    ClientTlsMode, ClientTlsSettings, DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy,
+};
 use crate::config::istio::gateway::GatewaySpec;
 use crate::config::istio::service_entry::{ServiceEntrySpec, SidecarSpec};
 use crate::config::istio::virtual_service::VirtualServiceSpec;
@@ -84,43 +86,32 @@ fn traffic_policy(tp: &TrafficPolicy, external: bool, warn: &mut impl FnMut(Pos,
             warn(pos, not_yet(dr, &format!("trafficPolicy.{field}")));
         }
     }
-    let top = Settings {
-        connection_pool: tp.connection_pool.as_ref().map(|c| c.pos),
-        outlier_detection: tp.outlier_detection.as_ref().map(|o| o.pos),
-        load_balancer: tp.load_balancer.as_ref(),
-        tls: tp.tls.as_ref(),
-    };
-    settings(&top, "trafficPolicy", external, warn);
+    let top = [tp.connection_pool.as_ref().map(|c| c.pos), tp.outlier_detection.as_ref().map(|o| o.pos)];
+    settings(top, tp.load_balancer.as_ref(), tp.tls.as_ref(), "trafficPolicy", external, warn);
     for p in &tp.port_level_settings {
-        let port = Settings {
-            connection_pool: p.connection_pool.as_ref().map(|c| c.pos),
-            outlier_detection: p.outlier_detection.as_ref().map(|o| o.pos),
-            load_balancer: p.load_balancer.as_ref(),
-            tls: p.tls.as_ref(),
-        };
-        settings(&port, "portLevelSettings", external, warn);
+        let port = [p.connection_pool.as_ref().map(|c| c.pos), p.outlier_detection.as_ref().map(|o| o.pos)];
+        settings(port, p.load_balancer.as_ref(), p.tls.as_ref(), "portLevelSettings", external, warn);
     }
 }
 
 /// The settings a traffic policy and each of its port-level settings share, checked the same
 /// way wherever they stand (top level, subset, port level): every one not honoured is warned
-/// about at its own position.
-struct Settings<'a> {
-    connection_pool: Option<Pos>,
-    outlier_detection: Option<Pos>,
-    load_balancer: Option<&'a Spanned<crate::config::istio::destination_rule::LoadBalancerSettings>>,
-    tls: Option<&'a Spanned<crate::config::istio::destination_rule::ClientTlsSettings>>,
-}
-
-fn settings(s: &Settings<'_>, at: &str, external: bool, warn: &mut impl FnMut(Pos, String)) {
+/// about at its own position. `pools` are where `connectionPool` and `outlierDetection` are.
+fn settings(
+    pools: [Option<Pos>; 2],
+    load_balancer: Option<&Spanned<LoadBalancerSettings>>,
+    tls: Option<&Spanned<ClientTlsSettings>>,
+    at: &str,
+    external: bool,
+    warn: &mut impl FnMut(Pos, String),
+) {
     let dr = "DestinationRule";
-    if let Some(pos) = s.connection_pool {
-        warn(pos, not_yet(dr, &format!("{at}.connectionPool")));
+    for (pos, field) in pools.into_iter().zip(["connectionPool", "outlierDetection"]) {
+        if let Some(pos) = pos {
+            warn(pos, not_yet(dr, &format!("{at}.{field}")));
+        }
     }
-    if let Some(pos) = s.outlier_detection {
-        warn(pos, not_yet(dr, &format!("{at}.outlierDetection")));
-    }
-    if let Some(lb) = s.load_balancer {
+    if let Some(lb) = load_balancer {
         if lb.locality_lb_setting.is_some() || lb.zone_aware_lb_setting.is_some() {
             warn(lb.pos, "DestinationRule locality load balancing is not honoured: a laptop has one locality".into());
         }
@@ -128,7 +119,7 @@ fn settings(s: &Settings<'_>, at: &str, external: bool, warn: &mut impl FnMut(Po
             warn(lb.pos, not_yet(dr, &format!("{at}.loadBalancer.warmup")));
         }
     }
-    if let Some(t) = s.tls
+    if let Some(t) = tls
         && matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
     {
         let what = if external { "TLS origination to external hosts" } else { "SIMPLE/MUTUAL TLS to mesh services" };
