@@ -585,3 +585,33 @@ fn a_client_that_leaves_mid_response_is_logged_with_dc() {
     assert_eq!(http(m.gateway(), Req::get("/bytes/100").host("web")).status, 200);
     m.wait_access(&["GET /bytes/100 ", " 200 - "]);
 }
+
+/// Envoy logs a request whose client went away before the response with status 0 and `DC`
+/// (Istio's bookinfo: productpage giving up on reviews). A reset cancels at once; a client
+/// that closed without a reset is cancelled after the half-close grace (1 s).
+#[test]
+fn a_request_cancelled_by_its_client_is_logged_0_dc() {
+    let m = with_routes("");
+    // Reset (SO_LINGER 0) while the app is still answering.
+    let s = connect(m.gateway());
+    let mut s2 = s.try_clone().unwrap();
+    send(&mut s2, "GET /delay/3 HTTP/1.1\r\nHost: web\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO)).unwrap();
+    drop(s);
+    drop(s2);
+    let line = m.wait_access(&["istio-ingressgateway", "GET /delay/3", "\" 0 DC "]);
+    assert!(line.contains("outbound|8000||web.default.svc.cluster.local"), "{line}");
+    // Closed without a reset: cancelled after the grace, logged the same.
+    let mut s = connect(m.gateway());
+    send(&mut s, "GET /delay/4 HTTP/1.1\r\nHost: web\r\n\r\n");
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(s);
+    let line = wait_until("the cancelled request's line", Duration::from_secs(4), || {
+        m.access_log()
+            .lines()
+            .find(|l| l.contains("istio-ingressgateway") && l.contains("GET /delay/4"))
+            .map(str::to_string)
+    });
+    assert!(line.contains("\" 0 DC "), "{line}");
+}

@@ -165,6 +165,27 @@ fn roll(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
+/// A request's record while it is in flight. The response's body takes it and records the
+/// request when it ends; if the request's future is dropped first (the client went away
+/// before the response, so the server cancelled it), it is recorded here as Envoy logs a
+/// downstream cancel: status 0, flag `DC`.
+struct Pending {
+    event: Option<RequestEvent>,
+    sink: crate::telemetry::queue::Sink,
+    start: Instant,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.event.take() {
+            e.status = 0;
+            e.response_flags.add(Flags::DC);
+            e.duration_ms = self.start.elapsed().as_millis() as u64;
+            self.sink.record(e);
+        }
+    }
+}
+
 impl Forwarder {
     /// Forwards one request. The request is prepared before the future is built, so the
     /// future holds the prepared parts once (an `async fn` would also keep its arguments), and
@@ -184,15 +205,19 @@ impl Forwarder {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::ensure_request_id(&mut parts.headers);
         parts.headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static("http"));
-        let mut event = self.event(&parts, path_of(&parts.uri), routing.authority, routing.service);
+        let event = self.event(&parts, path_of(&parts.uri), routing.authority, routing.service);
+        let mut pending = Pending { event: Some(event), sink: self.telemetry.sink(), start };
         // An async block, not an `async fn`: its captures are stored once (an `async fn`
         // keeps its arguments beside the locals they are moved into).
         async move {
+            let Some(event) = pending.event.as_mut() else {
+                return local(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"no request record"));
+            };
             let mut extra = Extra::default();
             // The phases run as plain functions; only the waits are awaited, here, so no
             // intermediate future is built and copied per request.
             let result = 'handle: {
-                let (route, matched_prefix, cors_origin) = match self.route_phase(&routing, &parts, &mut event) {
+                let (route, matched_prefix, cors_origin) = match self.route_phase(&routing, &parts, event) {
                     Routed::Matched { route, matched_prefix, cors_origin } => (route, matched_prefix, cors_origin),
                     Routed::Answered(answer) => break 'handle answer,
                 };
@@ -202,13 +227,13 @@ impl Forwarder {
                     event.response_flags.add(Flags::DI);
                     tokio::time::sleep(delay).await;
                 }
-                if let Some(aborted) = Self::abort_phase(route, &mut event) {
+                if let Some(aborted) = Self::abort_phase(route, event) {
                     break 'handle aborted;
                 }
                 let mut resp = match &route.action {
                     Action::Route(fwd) => {
                         match self
-                            .send(&routing, route, fwd, matched_prefix, &mut parts, &mut body, &mut event, &mut extra)
+                            .send(&routing, route, fwd, matched_prefix, &mut parts, &mut body, event, &mut extra)
                             .await
                         {
                             Ok(r) => r,
@@ -241,7 +266,10 @@ impl Forwarder {
                 splice_upgrade(down, &mut resp);
             }
             event.status = resp.status().as_u16();
-            let sink = self.telemetry.sink();
+            // From here the response's body records the request; dropped before, the request
+            // was cancelled and `Pending` records it.
+            let Some(mut event) = pending.event.take() else { return resp };
+            let sink = pending.sink;
             let active = extra.active.take();
             resp.body_mut().on_end(move |o| {
                 drop(active);

@@ -145,23 +145,28 @@ where
         // client that sent its whole request and shut down its write side (`nc -N`, HTTP/1.1
         // allows it): it still gets its response, then the connection closes. Pipelined
         // bytes are kept for the next turn.
-        let mut half_closed = false;
+        let mut half_closed: Option<tokio::time::Instant> = None;
         let resp = {
             let mut fut = pin!(handle(req));
             loop {
                 tokio::select! {
                     biased;
                     resp = &mut fut => break resp,
-                    read = io.read_buf(&mut buf), if buf.len() < READ_AHEAD && !half_closed => match read {
-                        Ok(0) => half_closed = true,
+                    read = io.read_buf(&mut buf), if buf.len() < READ_AHEAD && half_closed.is_none() => match read {
+                        Ok(0) => half_closed = Some(tokio::time::Instant::now() + HALF_CLOSE_GRACE),
                         Err(_) => return,
                         Ok(_) => {
                             buf.reserve(READ_CHUNK);
                         }
                     },
+                    // A FIN cannot tell a client that shut down its write side from one that
+                    // closed and left: past the grace the request is cancelled (`DC`), as
+                    // Envoy cancels at once.
+                    () = sleep_until_some(half_closed) => return,
                 }
             }
         };
+        let half_closed = half_closed.is_some();
         let keep_alive = keep_alive && !half_closed;
         match write_response(&mut io, &mut out, resp, head_request, keep_alive).await {
             Ok(true) => {}
@@ -177,6 +182,19 @@ where
         if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
             buf = BytesMut::with_capacity(READ_CHUNK);
         }
+    }
+}
+
+/// How long a request whose client half-closed its connection (EOF while the request is in
+/// flight) may still take to be answered: long enough for `printf ... | nc -N` and any quick
+/// upstream, short enough that a client that closed and left cancels its request soon.
+const HALF_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -730,6 +748,45 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("late"), "{out}");
+    }
+
+    /// Half-closed, with a request that does not end: cancelled after the grace period.
+    #[tokio::test]
+    async fn a_half_closed_clients_request_is_cancelled_after_the_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let tx = std::sync::Mutex::new(Some(tx));
+            serve(
+                s,
+                move |_req: Request<Body>| {
+                    struct Guard(Option<tokio::sync::oneshot::Sender<()>>);
+                    impl Drop for Guard {
+                        fn drop(&mut self) {
+                            if let Some(t) = self.0.take() {
+                                let _ = t.send(());
+                            }
+                        }
+                    }
+                    let guard = Guard(tx.lock().unwrap().take());
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<Response<ProxyBody>>().await
+                    }
+                },
+                |_, _, _| async {},
+            )
+            .await;
+        });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /forever HTTP/1.1\r\n\r\n").await.unwrap();
+        let t = std::time::Instant::now();
+        s.shutdown().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx).await.expect("cancelled").unwrap();
+        let took = t.elapsed();
+        assert!(took >= HALF_CLOSE_GRACE - std::time::Duration::from_millis(50), "{took:?}");
     }
 
     #[test]
