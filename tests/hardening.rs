@@ -615,3 +615,26 @@ fn a_request_cancelled_by_its_client_is_logged_0_dc() {
     });
     assert!(line.contains("\" 0 DC "), "{line}");
 }
+
+/// A body without a length (chunked, gRPC) is counted: the access log's bytes received is
+/// what passed, on the gateway's line and the inbound sidecar's (it was always 0).
+#[test]
+fn a_streamed_request_body_is_counted_in_bytes_received() {
+    let m = with_routes("");
+    let mut s = connect(m.gateway());
+    let chunk = "z".repeat(10_000);
+    let mut req = String::from(
+        "POST /anything/upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..10 {
+        req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    req.push_str("0\r\n\r\n");
+    send(&mut s, &req);
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(got.starts_with("HTTP/1.1 200"), "{}", &got[..got.len().min(200)]);
+    let gw = m.wait_access(&["istio-ingressgateway", "POST /anything/upload"]);
+    assert!(gw.contains("\" 200 - 100000 "), "{gw}");
+    let inbound = m.wait_access(&[" inbound ", "POST /anything/upload"]);
+    assert!(inbound.contains("\" 200 - 100000 "), "{inbound}");
+}

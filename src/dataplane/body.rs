@@ -3,6 +3,8 @@
 //! connection to its pool, recording the request) exactly once.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,12 +19,26 @@ pub enum Body {
     Incoming(Incoming),
     /// A response read by the in-task HTTP/1.1 client.
     H1(super::h1::H1Body),
+    /// A downstream body of unknown length (chunked, gRPC), its bytes counted for the record.
+    Counted(Incoming, Arc<AtomicU64>),
 }
 
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Body {
         let b = b.into();
         if b.is_empty() { Body::Empty } else { Body::Full(Some(b)) }
+    }
+
+    /// A streamed body whose length no header gives is counted as it passes (the request's
+    /// record says how many bytes it carried, as Envoy's `%BYTES_RECEIVED%`); the counter, if so.
+    pub fn counted(self) -> (Body, Option<Arc<AtomicU64>>) {
+        match self {
+            Body::Incoming(i) if !i.is_end_stream() && i.size_hint().exact().is_none() => {
+                let n = Arc::new(AtomicU64::new(0));
+                (Body::Counted(i, n.clone()), Some(n))
+            }
+            other => (other, None),
+        }
     }
 }
 
@@ -36,6 +52,15 @@ impl HttpBody for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
+            Body::Counted(i, n) => {
+                let r = Pin::new(i).poll_frame(cx).map_err(Into::into);
+                if let Poll::Ready(Some(Ok(f))) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                r
+            }
         }
     }
 
@@ -43,7 +68,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Incoming(i) => i.is_end_stream(),
+            Body::Incoming(i) | Body::Counted(i, _) => i.is_end_stream(),
             Body::H1(b) => b.is_end_stream(),
         }
     }
@@ -52,7 +77,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(i) => i.size_hint(),
+            Body::Incoming(i) | Body::Counted(i, _) => i.size_hint(),
             Body::H1(b) => b.size_hint(),
         }
     }

@@ -169,15 +169,20 @@ fn roll(percent: f64) -> bool {
 /// request when it ends; if the request's future is dropped first (the client went away
 /// before the response, so the server cancelled it), it is recorded here as Envoy logs a
 /// downstream cancel: status 0, flag `DC`.
-struct Pending {
-    event: Option<RequestEvent>,
-    sink: crate::telemetry::queue::Sink,
-    start: Instant,
+pub(super) struct Pending {
+    pub(super) event: Option<RequestEvent>,
+    pub(super) sink: crate::telemetry::queue::Sink,
+    pub(super) start: Instant,
+    /// The count of a streamed request body's bytes (see `Body::counted`).
+    pub(super) received: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut e) = self.event.take() {
+            if let Some(n) = &self.received {
+                e.bytes_received = n.load(std::sync::atomic::Ordering::Relaxed);
+            }
             e.status = 0;
             e.response_flags.add(Flags::DC);
             e.duration_ms = self.start.elapsed().as_millis() as u64;
@@ -198,7 +203,9 @@ impl Forwarder {
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, mut body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // A body of unknown length (gRPC, chunked) is counted for the record's bytes received.
+        let (mut body, received) = body.counted();
         // Room for what the proxy adds (request id, x-forwarded-proto, attempt count, Host):
         // one allocation instead of a growth per insert.
         parts.headers.reserve(4);
@@ -206,7 +213,7 @@ impl Forwarder {
         headers::ensure_request_id(&mut parts.headers);
         parts.headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static("http"));
         let event = self.event(&parts, path_of(&parts.uri), routing.authority, routing.service);
-        let mut pending = Pending { event: Some(event), sink: self.telemetry.sink(), start };
+        let mut pending = Pending { event: Some(event), sink: self.telemetry.sink(), start, received };
         // An async block, not an `async fn`: its captures are stored once (an `async fn`
         // keeps its arguments beside the locals they are moved into).
         async move {
@@ -270,6 +277,7 @@ impl Forwarder {
             // was cancelled and `Pending` records it.
             let Some(mut event) = pending.event.take() else { return resp };
             let sink = pending.sink;
+            let received = pending.received.take();
             let active = extra.active.take();
             resp.body_mut().on_end(move |o| {
                 drop(active);
@@ -278,6 +286,9 @@ impl Forwarder {
                     event.response_flags.add(if o.upstream_failed { Flags::UC } else { Flags::DC });
                 }
                 event.bytes_sent = o.bytes;
+                if let Some(n) = received {
+                    event.bytes_received = n.load(std::sync::atomic::Ordering::Relaxed);
+                }
                 event.duration_ms = start.elapsed().as_millis() as u64;
                 sink.record(event);
             });

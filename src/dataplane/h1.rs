@@ -139,7 +139,7 @@ fn protocol(what: &str) -> Failure {
 pub fn eligible_request(req: &http::Request<Body>) -> bool {
     let complete = match req.body() {
         Body::Empty | Body::Full(_) => true,
-        Body::Incoming(i) => http_body::Body::is_end_stream(i),
+        Body::Incoming(i) | Body::Counted(i, _) => http_body::Body::is_end_stream(i),
         Body::H1(_) => false,
     };
     complete && eligible_head(req.method(), req.headers())

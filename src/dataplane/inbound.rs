@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, ProxyBody};
-use super::forward::{content_length, protocol_name, splice_upgrade};
+use super::forward::{Pending, content_length, protocol_name, splice_upgrade};
 use super::headers::{self, ISTIO_ENVOY, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO};
 use super::listen::{self, HttpMode, Sniffed};
 use super::pool::{self, Pools, Target, Version};
@@ -24,7 +24,7 @@ use super::tcp::Tcp;
 use super::workers::{PerWorker, Workers};
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP11, ALPN_TCP, WorkloadTls, cert_hash, spiffe_of};
 use crate::model::topology::{Instance, InstancePort};
-use crate::telemetry::{Name, Reporter, RequestEvent, Telemetry, Texts};
+use crate::telemetry::{Flags, Name, Reporter, RequestEvent, Telemetry, Texts};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP port waits for a client's first bytes.
@@ -187,6 +187,7 @@ impl Inbound {
         let start = Instant::now();
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let (body, received) = body.counted();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::ensure_request_id(&mut parts.headers);
         // The Host header first (the URI's authority is the caller's view of the address).
@@ -207,7 +208,7 @@ impl Inbound {
         // One lookup: the custom name is hashed once.
         let proto = if peer.tls.is_some() { "https" } else { "http" };
         parts.headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static(proto));
-        let mut event = RequestEvent {
+        let event = RequestEvent {
             ts: SystemTime::now(),
             reporter: Reporter::Destination,
             proxy: self.names.proxy,
@@ -241,8 +242,12 @@ impl Inbound {
         let target = Target { addr: self.port.app, version, mtls: None };
         let sent = Instant::now();
         let send = self.pools.get().send(&target, upstream);
-        let sink = self.telemetry.sink();
+        // Recorded by the response's body, or as cancelled (`0 DC`) if dropped before it.
+        let mut pending = Pending { event: Some(event), sink: self.telemetry.sink(), start, received };
         async move {
+            let Some(event) = pending.event.as_mut() else {
+                return super::error::local_reply(http::StatusCode::INTERNAL_SERVER_ERROR, "no request record".into());
+            };
             let mut resp = match send.await {
                 Ok(mut r) => {
                     let ms = sent.elapsed().as_millis() as u64;
@@ -263,8 +268,16 @@ impl Inbound {
                 splice_upgrade(down, &mut resp);
             }
             event.status = resp.status().as_u16();
+            let Some(mut event) = pending.event.take() else { return resp };
+            let (sink, received) = (pending.sink, pending.received.take());
             resp.body_mut().on_end(move |o| {
+                if !o.complete {
+                    event.response_flags.add(if o.upstream_failed { Flags::UC } else { Flags::DC });
+                }
                 event.bytes_sent = o.bytes;
+                if let Some(n) = received {
+                    event.bytes_received = n.load(std::sync::atomic::Ordering::Relaxed);
+                }
                 event.duration_ms = start.elapsed().as_millis() as u64;
                 sink.record(event);
             });
