@@ -177,7 +177,8 @@ impl LogFile {
                 return;
             }
             // The whole lines that fit, else rotate; a file's first line always goes in.
-            let fit = batch[..room.min(batch.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+            // Bytes, not a `str` slice: `room` may fall inside a multi-byte character.
+            let fit = batch.as_bytes()[..room.min(batch.len())].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let take = if fit > 0 {
                 fit
             } else if self.size == 0 {
@@ -382,6 +383,19 @@ mod tests {
         }
         assert_eq!(size(&path0), Some(500));
         assert_eq!(size(&dir.path().join("zero.log.1")), None);
+    }
+
+    #[test]
+    fn rotation_splits_at_lines_even_with_multi_byte_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut f = LogFile::open(path.clone(), AccessLogLimits { max_bytes: 100, keep: 1 });
+        // 3-byte characters: the limit falls inside one of them.
+        let line = format!("{}\n", "é€".repeat(7));
+        f.write(&line.repeat(5));
+        let kept = std::fs::read_to_string(&path).unwrap()
+            + &std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
+        assert!(kept.lines().all(|l| l == line.trim_end()), "{kept}");
     }
 
     #[test]
