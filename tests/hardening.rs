@@ -107,11 +107,11 @@ fn the_token_is_private_and_the_cli_finds_it_from_anywhere() {
     let admin = m.admin.to_string();
     // From an unrelated folder, with no flag: the CLI finds the token in the runtime file.
     let elsewhere = tempfile::tempdir().unwrap();
-    let (code, out, err) = devmesh(&["get", "vs", "--admin", &admin], elsewhere.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("No resources found") || out.is_empty() || out.starts_with("NAME"), "{out}");
     let (code, _, err) = devmesh_stdin(&["apply", "-f", "-", "--admin", &admin], elsewhere.path(), VS);
     assert_eq!(code, 0, "{err}");
+    let (code, out, err) = devmesh(&["get", "vs", "--admin", &admin], elsewhere.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("default     web ")), "the applied VirtualService is listed: {out}");
     // A wrong token given explicitly is refused with a clear message, and changes nothing.
     let (code, _, err) = devmesh(&["down", "--admin", &admin, "--admin-token", "nope"], elsewhere.path());
     assert_eq!(code, 1);
